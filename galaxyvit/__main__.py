@@ -1,0 +1,5 @@
+import sys
+
+from galaxyvit.cli import main
+
+sys.exit(main())

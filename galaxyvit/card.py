@@ -1,0 +1,111 @@
+"""Model cards: the JSON written beside every exported ONNX artifact, and the integrity check on load.
+
+Torch-free, so serving can use it. A model directory `models/<name>/` holds `<variant>.onnx`
+and `<variant>.card.json` for each variant (fp32, int8, fp16).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+from galaxyvit.preprocess import Preprocessing
+
+VARIANTS = ("fp32", "int8", "fp16")
+
+
+class CardError(ValueError):
+    """A model card is missing, unreadable or incomplete."""
+
+
+class IntegrityError(ValueError):
+    """An artifact does not match the sha256 its card records."""
+
+
+@dataclass
+class ModelCard:
+    name: str
+    version: str
+    variant: str
+    run_id: str
+    family: str
+    run_config: dict
+    class_names: list[str]
+    preprocessing: dict
+    params: int
+    onnx_file: str
+    sha256: str
+    opset: int
+    input_name: str = "images"
+    output_name: str = "logits"
+    valid_acc: float | None = None
+    test_acc: float | None = None
+    per_class_acc: list[float] | None = None
+    confusion_matrix: list[list[float]] | None = None
+    parity: dict = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def prep(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.preprocessing)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_path(model_dir: str | Path, variant: str = "fp32") -> Path:
+    return Path(model_dir) / f"{variant}.card.json"
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """Read and validate a card; every problem is a CardError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"model card {path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CardError(f"model card {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CardError(f"model card {path} must be a JSON object")
+    required = [f.name for f in fields(ModelCard) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise CardError(f"model card {path} lacks field(s): {', '.join(missing)}")
+    known = {f.name for f in fields(ModelCard)}
+    card = ModelCard(**{k: v for k, v in data.items() if k in known})
+    try:
+        Preprocessing.from_dict(card.preprocessing)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CardError(f"model card {path} has malformed preprocessing: {exc}") from None
+    if card.variant not in VARIANTS:
+        raise CardError(f"model card {path}: unknown variant {card.variant!r}")
+    return card
+
+
+def load_verified(model_dir: str | Path, variant: str = "fp32") -> tuple[Path, ModelCard]:
+    """The ONNX path and card of a variant, after checking the file's sha256 against the card."""
+    card = load_card(card_path(model_dir, variant))
+    onnx_path = Path(model_dir) / card.onnx_file
+    if not onnx_path.is_file():
+        raise IntegrityError(f"{onnx_path} named by {card_path(model_dir, variant)} is missing")
+    actual = sha256_file(onnx_path)
+    if actual != card.sha256:
+        raise IntegrityError(
+            f"{onnx_path} does not match its model card (sha256 {actual[:12]}… != {card.sha256[:12]}…): "
+            "the artifact was modified or corrupted; re-export it"
+        )
+    return onnx_path, card

@@ -1,0 +1,80 @@
+"""Evaluation preprocessing shared by training, evaluation, export and serving (numpy + Pillow, no torch).
+
+The study feeds models a CenterCrop(224) of the 424x424 SDSS cutout, scaled to [0, 1] and
+normalised per channel. `eval_array` is that transform; serving calls the very same function.
+Images smaller than the crop are zero-padded around the centre (black sky), exactly as
+torchvision's CenterCrop does; if `size` differs from `crop` the crop is resized (bilinear).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+STUDY_MEAN = (0.094, 0.0815, 0.063)
+STUDY_STD = (0.1303, 0.11, 0.0913)
+VITBASE_MEAN = (0.5, 0.5, 0.5)
+VITBASE_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects: centre crop of `crop` pixels, resized to `size`, then (x - mean) / std."""
+
+    crop: int = 224
+    size: int = 224
+    mean: tuple[float, float, float] = STUDY_MEAN
+    std: tuple[float, float, float] = STUDY_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        return cls(
+            crop=int(data["crop"]),
+            size=int(data["size"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+        )
+
+
+def preprocessing_for(family: str, image_size: int = 224) -> Preprocessing:
+    """The study's normalisation: GZ2 statistics for models trained from scratch, 0.5/0.5 for ViT-Base."""
+    if family == "vitbase":
+        return Preprocessing(crop=image_size, size=image_size, mean=VITBASE_MEAN, std=VITBASE_STD)
+    return Preprocessing(crop=image_size, size=image_size)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision.transforms.CenterCrop semantics: same offsets, zero padding when too small."""
+    width, height = image.size
+    if width < size or height < size:
+        padded = Image.new(image.mode, (max(width, size), max(height, size)))
+        padded.paste(image, ((padded.width - width) // 2, (padded.height - height) // 2))
+        image, (width, height) = padded, padded.size
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def normalize(rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """HxWx3 uint8 -> 3xHxW float32, scaled to [0, 1] and normalised."""
+    x = rgb.astype(np.float32) / 255.0
+    x = (x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def eval_array(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """The evaluation transform: RGB, centre crop, optional resize, normalise -> (3, size, size) float32."""
+    image = center_crop(image.convert("RGB"), prep.crop)
+    if prep.size != prep.crop:
+        image = image.resize((prep.size, prep.size), Image.BILINEAR)
+    return normalize(np.asarray(image), prep)
+
+
+def eval_batch(images: list[Image.Image], prep: Preprocessing) -> np.ndarray:
+    """Stack `eval_array` of several images into an (N, 3, size, size) float32 batch."""
+    return np.stack([eval_array(image, prep) for image in images])

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from galaxyvit.classes import CLASS_NAMES
+from training.models import build_model, count_trainable_params
+from training.registry import get_run
+from training.vit import patchify
+from training.vitbase import build_vitbase
+
+
+@pytest.mark.parametrize("run_id", ["vit-110321", "linformer-010522"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_forward_shape(run_id, batch):
+    torch.manual_seed(0)
+    model = build_model(get_run(run_id)).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(batch, 3, 224, 224))
+    assert logits.shape == (batch, 8)
+    assert torch.isfinite(logits).all()
+
+
+def test_patchify_matches_einops_layout():
+    from einops import rearrange
+
+    images = torch.randn(2, 3, 32, 32)
+    expected = rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=8, p2=8)
+    assert torch.equal(patchify(images, 8), expected)
+
+
+def tiny_vit_config():
+    from transformers import ViTConfig
+
+    return ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=224,
+        patch_size=32,
+        num_labels=1000,
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_vitbase_tiny_pretrained_roundtrip(tmp_path, batch):
+    from transformers import ViTForImageClassification
+
+    torch.manual_seed(0)
+    upstream = ViTForImageClassification(tiny_vit_config())  # stands in for google/vit-base-patch16-224
+    upstream.save_pretrained(tmp_path / "upstream")
+
+    model = build_vitbase(weights=tmp_path / "upstream", fine_tune=True).eval()
+    backbone = {k: v for k, v in upstream.state_dict().items() if not k.startswith("classifier.")}
+    loaded = model.hf.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in backbone.items())
+    assert model.hf.classifier.out_features == 8
+    assert model.hf.config.id2label[7] == CLASS_NAMES[7]
+
+    model.save_pretrained(tmp_path / "ours")
+    again = build_vitbase(weights=tmp_path / "ours").eval()
+    images = torch.randn(batch, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(images), again(images))
+        assert model(images).shape == (batch, 8)
+
+
+def test_vitbase_frozen_trains_only_classifier(tmp_path):
+    from transformers import ViTForImageClassification
+
+    ViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path)
+    model = build_vitbase(weights=tmp_path, fine_tune=False)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["hf.classifier.weight", "hf.classifier.bias"]
+    assert count_trainable_params(model) == 32 * 8 + 8
+
+
+def test_vitbase_missing_weights_offline_is_an_error(tmp_path):
+    with pytest.raises(OSError):
+        build_vitbase(weights=tmp_path / "nowhere")

@@ -1,0 +1,1 @@
+"""Models, run registry, data and training for the study's three model families."""
