@@ -1,0 +1,96 @@
+"""Model checkpoints: atomic writes, `weights_only=True` loads, and rebuilding a model from one.
+
+`best.pt` (what export and evaluation consume) holds only tensors and plain data:
+  format, model (state_dict), run (Run.to_dict()), epoch, valid_acc, class_names,
+  preprocessing (Preprocessing.to_dict()), hf_config (JSON string, vitbase only, else None).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.preprocess import preprocessing_for
+from training.models import build_model
+from training.registry import Run
+
+MODEL_FORMAT = "galaxyvit-model-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupted or not one of ours."""
+
+
+def atomic_save(obj: dict, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load with weights_only=True (no pickle code execution); clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, wrong file type, unsafe pickle...
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupted?): {exc}") from None
+    if not isinstance(data, dict) or "model" not in data or "run" not in data:
+        raise CheckpointError(f"{path} is not a galaxyvit checkpoint (no 'model' and 'run' entries)")
+    return data
+
+
+def model_payload(model: nn.Module, run: Run, *, epoch: int, valid_acc: float) -> dict:
+    """The content of best.pt for a model of `run` (weights on CPU)."""
+    hf = getattr(model, "hf", None)
+    return {
+        "format": MODEL_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "run": run.to_dict(),
+        "epoch": int(epoch),
+        "valid_acc": float(valid_acc),
+        "class_names": list(CLASS_NAMES),
+        "preprocessing": preprocessing_for(run.family, run.image_size).to_dict(),
+        "hf_config": hf.config.to_json_string() if hf is not None else None,
+    }
+
+
+def save_model(path: str | Path, model: nn.Module, run: Run, *, epoch: int, valid_acc: float) -> None:
+    atomic_save(model_payload(model, run, epoch=epoch, valid_acc=valid_acc), path)
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model stored in a checkpoint (eval mode, CPU) and return it with the checkpoint dict."""
+    data = load_checkpoint(path)
+    run = Run.from_dict(data["run"])
+    if run.family == "vitbase":
+        from transformers import ViTConfig
+
+        from training.vitbase import build_vitbase
+
+        config = ViTConfig.from_dict(json.loads(data["hf_config"]))
+        model = build_vitbase(
+            num_classes=config.num_labels, fine_tune=run.fine_tune is not False, pretrained=False, config=config
+        )
+    else:
+        model = build_model(run, num_classes=len(data.get("class_names", CLASS_NAMES)))
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit run {run.id}: {exc}") from None
+    return model.eval(), data
