@@ -1,0 +1,210 @@
+"""GPU check of the service: CUDA provider active, throughput and p50/p99 latency per model and batch size.
+
+On a machine with an NVIDIA GPU (and onnxruntime-gpu able to load CUDA), run from the repository root:
+
+    python scripts/gpu_check.py                       # the models registered in BENTOML_HOME
+    python scripts/gpu_check.py --synthetic           # export full-size study models with random weights first
+
+It starts `bentoml serve` on 127.0.0.1 with GALAXYVIT_DEVICE=cuda, fails unless every model runs on
+CUDAExecutionProvider, then sends multipart /classify requests of each batch size from a few
+concurrent clients for a fixed time and prints images/s and request latency p50/p99. It stops the
+server by PID and finishes in a few minutes (3 models x 4 batch sizes x --seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SYNTHETIC_RUNS = {"vit": "vit-102721", "linformer": "linformer-010522", "vitbase": "vitbase-010822B"}
+
+
+def registered_models() -> list[str]:
+    from serving.config import discover_models
+
+    return discover_models()
+
+
+def export_synthetic(home: Path, work: Path) -> None:
+    """Full-size study architectures with random weights (ViT-Base without hub weights), exported and registered."""
+    import torch
+
+    from training.checkpoint import save_model
+    from training.export import export_checkpoint
+    from training.models import build_model
+    from training.registry import get_run
+
+    torch.manual_seed(0)
+    os.environ["BENTOML_HOME"] = str(home)
+    for name, run_id in SYNTHETIC_RUNS.items():
+        run = get_run(run_id)
+        model = build_model(run, pretrained=False).eval()
+        checkpoint = work / name / "best.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_model(checkpoint, model, run, epoch=0, valid_acc=0.0)
+        export_checkpoint(checkpoint, out_root=work / "models", name=name, quiet=True, max_valid=0)
+        print(f"exported synthetic {name} ({run_id})", flush=True)
+
+
+def galaxy_jpeg(seed: int, size: int = 424) -> bytes:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - size / 2
+    r = np.sqrt(xx**2 + (yy / rng.uniform(0.3, 1.0)) ** 2)
+    img = 200 * np.exp(-r / rng.uniform(8, 30))[..., None] * np.array([1.0, 0.8, 0.6]) + rng.normal(
+        10, 4, (size, size, 3)
+    )
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, max_batch: int, log: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "GALAXYVIT_DEVICE": "cuda",
+        "GALAXYVIT_MAX_BATCH_SIZE": str(max_batch * 2),
+        "GALAXYVIT_MAX_IMAGES": str(max_batch),
+        "GALAXYVIT_MAX_LATENCY_MS": "2000",
+        "GALAXYVIT_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
+        "GALAXYVIT_WORKERS": os.environ.get("GALAXYVIT_WORKERS", "4"),  # decoding is the CPU-bound part
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml) if bentoml.exists() else "bentoml", "serve", "serving.service:GalaxyClassifier"]
+    return subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"server exited ({process.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    sys.exit(f"server not ready after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def measure(url: str, model: str, images: list[bytes], batch: int, seconds: float, clients: int) -> dict:
+    """Closed loop: `clients` threads send /classify requests of `batch` images for `seconds`."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(k: int) -> None:
+        files = [("images", (f"{i}.jpg", images[(k + i) % len(images)], "image/jpeg")) for i in range(batch)]
+        with httpx.Client(timeout=120) as client:
+            while time.monotonic() < stop:
+                start = time.perf_counter()
+                response = client.post(url + "/classify", files=files, data={"model": model})
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if response.status_code == 200:
+                        latencies.append(elapsed)
+                    else:
+                        errors[0] += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "requests": len(latencies),
+        "errors": errors[0],
+        "images_per_s": len(latencies) * batch / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--synthetic", action="store_true", help="export full-size random-weight models into a temp home"
+    )
+    parser.add_argument("--batch-sizes", default="1,8,32,64", help="images per request (comma-separated)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measurement time per model and batch size")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="measure even if CUDA is not active (for trying it out)"
+    )
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="galaxyvit-gpu-check-"))
+    if args.synthetic or not registered_models():
+        print("no galaxyvit-* model registered: exporting synthetic full-size models", flush=True)
+        export_synthetic(work / "bentoml_home", work)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = work / "server.log"
+    process = start_server(port, max(batch_sizes), log)
+    try:
+        wait_ready(url, process, log)
+        info = httpx.get(url + "/models", timeout=30).json()
+        for m in info["models"]:
+            print(f"{m['name']}: {m['family']} {m['params']:,} params, provider {m['provider']} ({m['providers']})")
+        not_cuda = [m["name"] for m in info["models"] if m["provider"] != "CUDAExecutionProvider"]
+        if not_cuda and not args.allow_cpu:
+            print(f"FAIL: not on CUDAExecutionProvider: {not_cuda}\n{log.read_text()[-3000:]}", file=sys.stderr)
+            return 1
+        images = [galaxy_jpeg(seed) for seed in range(16)]
+        print(f"\n{'model':<12} {'batch':>5} {'requests':>8} {'errors':>6} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        for m in info["models"]:
+            measure(url, m["name"], images, 1, 1.0, 1)  # warm the path
+            for batch in batch_sizes:
+                r = measure(url, m["name"], images, batch, args.seconds, args.clients)
+                print(
+                    f"{m['name']:<12} {batch:>5} {r['requests']:>8} {r['errors']:>6} {r['images_per_s']:>9.1f} "
+                    f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}",
+                    flush=True,
+                )
+        return 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The BentoML HTTP service (ONNX Runtime, no torch): see serving/service.py for the endpoints."""

@@ -1,0 +1,63 @@
+"""Start the BentoML HTTP service for the exported models (`bentoml serve serving.service:GalaxyClassifier`).
+
+Serves every registered `galaxyvit-<name>` model (or those named with --models) on 127.0.0.1 by
+default. Endpoints: POST /classify, POST /classify/raw, GET /models, POST /feedback, /livez,
+/readyz, /metrics. Settings not given as options come from GALAXYVIT_* environment variables or
+serving.toml (see serving/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+    parser.add_argument("--workers", type=int, default=None, help="API worker processes (decode, preprocess)")
+    parser.add_argument("--inference-workers", type=int, default=None, help="ONNX Runtime worker processes")
+    parser.add_argument("--models", default=None, help="comma-separated model names to serve (default: all registered)")
+    parser.add_argument("--default-model", default=None, help="model used when a request names none")
+    parser.add_argument(
+        "--variant", choices=("fp32", "int8", "fp16"), default=None, help="artifact variant (default fp32)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default=None, help="ONNX Runtime device (default auto)"
+    )
+    parser.add_argument("--max-batch-size", type=int, default=None, help="adaptive batching: most images per batch")
+    parser.add_argument("--max-latency-ms", type=int, default=None, help="adaptive batching: longest wait for a batch")
+
+
+def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The `bentoml serve` command line and environment for these options."""
+    env = dict(os.environ)
+    for option, value in (
+        ("workers", args.workers),
+        ("inference_workers", args.inference_workers),
+        ("models", args.models),
+        ("default_model", args.default_model),
+        ("variant", args.variant),
+        ("device", args.device),
+        ("max_batch_size", args.max_batch_size),
+        ("max_latency_ms", args.max_latency_ms),
+    ):
+        if value is not None:
+            env[f"GALAXYVIT_{option.upper()}"] = str(value)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml) if bentoml.exists() else "bentoml", "serve", "serving.service:GalaxyClassifier"]
+    command += ["--host", args.host, "--port", str(args.port)]
+    return command, env
+
+
+def main(args: argparse.Namespace) -> int:
+    command, env = serve_command(args)
+    print(f"starting {' '.join(command)} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    os.chdir(ROOT)
+    os.execvpe(command[0], command, env)  # become the server: signals (SIGTERM, Ctrl-C) reach it directly
+    return 0  # not reached

@@ -1,0 +1,151 @@
+"""OpenAPI 3 document of the service's own endpoints (served at GET /openapi.json).
+
+BentoML documents its system endpoints (/livez, /readyz, /metrics) at /docs; the classification
+endpoints are a Starlette app mounted on the service, described here.
+"""
+
+from __future__ import annotations
+
+from galaxyvit.classes import CLASS_NAMES
+from serving.config import ServingConfig
+from serving.decode import RAW_CONTENT_TYPES
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "kind", "status"],
+    "properties": {"error": {"type": "string"}, "kind": {"type": "string"}, "status": {"type": "integer"}},
+}
+
+
+def _errors(*codes: int) -> dict:
+    return {
+        str(code): {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code in codes
+    }
+
+
+def build_openapi(models: list[str], default_model: str, config: ServingConfig) -> dict:
+    prediction = {
+        "type": "object",
+        "required": ["request_id", "model", "model_version", "label", "class_name", "probabilities"],
+        "properties": {
+            "request_id": {"type": "string", "description": "id to send to /feedback"},
+            "model": {"type": "string", "enum": models},
+            "model_version": {"type": "string"},
+            "label": {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1},
+            "class_name": {"type": "string", "enum": list(CLASS_NAMES)},
+            "probabilities": {
+                "type": "object",
+                "description": "probability of every class, keyed by class name in label order",
+                "properties": {c: {"type": "number"} for c in CLASS_NAMES},
+            },
+        },
+    }
+    model_param = {"type": "string", "enum": models, "default": default_model}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "galaxyvit", "version": "1", "description": "Galaxy morphology (8 classes) from images."},
+        "paths": {
+            "/classify": {
+                "post": {
+                    "summary": f"Classify 1..{config.max_images} images (multipart form data)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["images"],
+                                    "properties": {
+                                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                                        "model": model_param,
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "one prediction per image, in upload order",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "model": {"type": "string"},
+                                            "predictions": {"type": "array", "items": prediction},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_errors(400, 404, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/classify/raw": {
+                "post": {
+                    "summary": "Classify one image sent as the request body",
+                    "parameters": [{"name": "model", "in": "query", "required": False, "schema": model_param}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_CONTENT_TYPES},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the prediction",
+                            "content": {"application/json": {"schema": prediction}},
+                        },
+                        **_errors(400, 404, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/models": {
+                "get": {
+                    "summary": "Served models: cards, active ONNX Runtime provider, default model",
+                    "responses": {
+                        "200": {
+                            "description": "models",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/feedback": {
+                "post": {
+                    "summary": "Report the true class of a prediction; updates online accuracy",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["request_id", "label"],
+                                    "properties": {
+                                        "request_id": {"type": "string"},
+                                        "label": {
+                                            "oneOf": [
+                                                {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1},
+                                                {"type": "string", "enum": list(CLASS_NAMES)},
+                                            ]
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "recorded",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_errors(400, 404, 409, 413, 429),
+                    },
+                }
+            },
+        },
+        "components": {"schemas": {"Error": ERROR}},
+    }

@@ -1,0 +1,95 @@
+"""Bounded store of recent predictions, shared by all API workers (sqlite), for /feedback.
+
+Feedback may reach another worker than the prediction, so the store lives in one sqlite file.
+It keeps the last `size` predictions and, separately, the running feedback counts per model and
+true class, so online accuracy stays exact when old predictions are evicted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT UNIQUE NOT NULL,
+    model TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    created REAL NOT NULL,
+    true_label INTEGER
+);
+CREATE TABLE IF NOT EXISTS feedback_counts (
+    model TEXT NOT NULL,
+    true_label INTEGER NOT NULL,
+    total INTEGER NOT NULL DEFAULT 0,
+    correct INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (model, true_label)
+);
+"""
+
+
+class UnknownRequest(KeyError):
+    """No stored prediction has this request id (never made, or evicted)."""
+
+
+class FeedbackExists(ValueError):
+    """Feedback for this request id was already recorded."""
+
+
+class PredictionStore:
+    def __init__(self, path: str | Path, size: int = 10_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.size = size
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")  # the store lives as long as the server; no need to fsync
+        self.db.executescript(SCHEMA)
+        self.lock = threading.Lock()  # one connection per worker, used from several threads: one at a time
+
+    def add(self, rows: list[tuple[str, str, int]]) -> None:
+        """Record (request_id, model, label) rows and evict beyond the newest `size`."""
+        now = time.time()
+        with self.lock, self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT INTO predictions (request_id, model, label, created) VALUES (?, ?, ?, ?)",
+                [(rid, model, label, now) for rid, model, label in rows],
+            )
+            self.db.execute("DELETE FROM predictions WHERE seq <= (SELECT MAX(seq) FROM predictions) - ?", (self.size,))
+
+    def feedback(self, request_id: str, true_label: int) -> tuple[str, int, bool]:
+        """Record the true label of a prediction; returns (model, predicted label, correct)."""
+        with self.lock, self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute(
+                "SELECT model, label, true_label FROM predictions WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownRequest(request_id)
+            model, label, previous = row
+            if previous is not None:
+                raise FeedbackExists(request_id)
+            correct = int(label == true_label)
+            self.db.execute("UPDATE predictions SET true_label = ? WHERE request_id = ?", (true_label, request_id))
+            self.db.execute(
+                "INSERT INTO feedback_counts (model, true_label, total, correct) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (model, true_label) DO UPDATE SET total = total + 1, correct = correct + excluded.correct",
+                (model, true_label, correct),
+            )
+        return model, label, bool(correct)
+
+    def counts(self, model: str) -> dict[int, tuple[int, int]]:
+        """true label -> (total, correct) of all feedback for `model`."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT true_label, total, correct FROM feedback_counts WHERE model = ?", (model,)
+            ).fetchall()
+        return {label: (total, correct) for label, total, correct in rows}
+
+    def __len__(self) -> int:
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]

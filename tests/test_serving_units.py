@@ -1,0 +1,74 @@
+"""Serving pieces without a server: settings, the shared prediction store, and no torch in serving."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from serving_fixtures import ROOT, tiny_models  # noqa: F401  (fixture)
+
+from serving.config import load_config
+from serving.store import FeedbackExists, PredictionStore, UnknownRequest
+
+
+def test_config_env_over_file_over_defaults(tmp_path):
+    path = tmp_path / "serving.toml"
+    path.write_text('[serving]\nmodels = ["vit", "linformer"]\nmax_batch_size = 24\nvariant = "int8"\n')
+    config = load_config({"GALAXYVIT_SERVING_CONFIG": str(path), "GALAXYVIT_MAX_BATCH_SIZE": "16"})
+    assert config.models == ["vit", "linformer"] and config.variant == "int8"
+    assert config.max_batch_size == 16 and config.max_latency_ms == 1000  # env wins; default kept
+    assert load_config({"GALAXYVIT_SERVING_CONFIG": str(path), "GALAXYVIT_MODELS": "a, b"}).models == ["a", "b"]
+    with pytest.raises(ValueError, match="must not exceed max_batch_size"):
+        load_config({"GALAXYVIT_MAX_IMAGES": "40"})
+    with pytest.raises(ValueError, match="GALAXYVIT_MAX_IMAGES"):
+        load_config({"GALAXYVIT_MAX_IMAGES": "many"})
+    with pytest.raises(FileNotFoundError):
+        load_config({"GALAXYVIT_SERVING_CONFIG": str(tmp_path / "missing.toml")})
+    path.write_text("[serving]\nmax_batch = 8\n")
+    with pytest.raises(ValueError, match="unknown serving setting"):
+        load_config({"GALAXYVIT_SERVING_CONFIG": str(path)})
+
+
+def test_store_is_bounded_shared_and_exact(tmp_path):
+    db = tmp_path / "p.sqlite"
+    a, b = PredictionStore(db, size=3), PredictionStore(db, size=3)  # two workers, one file
+    a.add([("r1", "vit", 2), ("r2", "vit", 3)])
+    b.add([("r3", "vit", 4), ("r4", "vit", 5)])
+    assert len(a) == 3
+    with pytest.raises(UnknownRequest):
+        b.feedback("r1", 2)  # evicted
+    assert b.feedback("r2", 3) == ("vit", 3, True)
+    assert a.feedback("r3", 0) == ("vit", 4, False)
+    with pytest.raises(FeedbackExists):
+        a.feedback("r2", 3)
+    a.add([(f"x{i}", "vit", 0) for i in range(5)])  # evicts r2, r3: their counts stay
+    assert a.counts("vit") == {3: (1, 1), 0: (1, 0)}
+
+
+def test_serving_never_imports_torch(tiny_models):  # noqa: F811
+    home, _ = tiny_models
+    code = (
+        "import sys, serving.service, serving.cli, serving.decode, serving.runtime, serving.metrics, serving.store; "
+        "assert serving.service.SERVED == ['vit', 'vitbase'], serving.service.SERVED; "
+        "bad = [m for m in ('torch', 'transformers', 'training') if m in sys.modules]; "
+        "assert not bad, bad; print('ok')"
+    )
+    env = {**os.environ, "BENTOML_HOME": str(home), "GALAXYVIT_MODELS": "vit,vitbase", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_galaxyvit_serve_command_line():
+    from galaxyvit.cli import SUBCOMMANDS
+    from serving import cli
+
+    assert SUBCOMMANDS["serve"][0] == "serving.cli"
+    parser = __import__("argparse").ArgumentParser()
+    cli.configure(parser)
+    args = parser.parse_args(["--port", "3100", "--workers", "2", "--models", "vit,linformer", "--device", "cpu"])
+    command, env = cli.serve_command(args)
+    assert command[1:] == ["serve", "serving.service:GalaxyClassifier", "--host", "127.0.0.1", "--port", "3100"]
+    assert env["GALAXYVIT_WORKERS"] == "2" and env["GALAXYVIT_MODELS"] == "vit,linformer"
+    assert env["GALAXYVIT_DEVICE"] == "cpu" and "GALAXYVIT_VARIANT" not in {k for k in env if k not in os.environ}
