@@ -49,15 +49,20 @@ def preprocessing_for(family: str, image_size: int = 224) -> Preprocessing:
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """torchvision.transforms.CenterCrop semantics: same offsets, zero padding when too small."""
+    """torchvision.transforms.CenterCrop semantics: same offsets, zero padding when too small.
+
+    The long sides are cropped before the short ones are padded (the same pixels as padding first),
+    so a thin upload (1 x 4,000,000) never becomes a size x 4,000,000 canvas.
+    """
     width, height = image.size
+    left = int(round((width - size) / 2.0)) if width > size else 0
+    top = int(round((height - size) / 2.0)) if height > size else 0
+    image = image.crop((left, top, left + min(width, size), top + min(height, size)))
     if width < size or height < size:
-        padded = Image.new(image.mode, (max(width, size), max(height, size)))
-        padded.paste(image, ((padded.width - width) // 2, (padded.height - height) // 2))
-        image, (width, height) = padded, padded.size
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
+        padded = Image.new(image.mode, (size, size))
+        padded.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+        image = padded
+    return image
 
 
 def normalize(rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -55,7 +57,9 @@ def load_checkpoint(path: str | Path) -> dict:
     return data
 
 
-def model_payload(model: nn.Module, run: Run, *, epoch: int, valid_acc: float) -> dict:
+def model_payload(
+    model: nn.Module, run: Run, *, epoch: int, valid_acc: float, class_names: tuple[str, ...] | list[str] = CLASS_NAMES
+) -> dict:
     """The content of best.pt for a model of `run` (weights on CPU)."""
     hf = getattr(model, "hf", None)
     return {
@@ -64,14 +68,22 @@ def model_payload(model: nn.Module, run: Run, *, epoch: int, valid_acc: float) -
         "run": run.to_dict(),
         "epoch": int(epoch),
         "valid_acc": float(valid_acc),
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(class_names),
         "preprocessing": preprocessing_for(run.family, run.image_size).to_dict(),
         "hf_config": hf.config.to_json_string() if hf is not None else None,
     }
 
 
-def save_model(path: str | Path, model: nn.Module, run: Run, *, epoch: int, valid_acc: float) -> None:
-    atomic_save(model_payload(model, run, epoch=epoch, valid_acc=valid_acc), path)
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    run: Run,
+    *,
+    epoch: int,
+    valid_acc: float,
+    class_names: tuple[str, ...] | list[str] = CLASS_NAMES,
+) -> None:
+    atomic_save(model_payload(model, run, epoch=epoch, valid_acc=valid_acc, class_names=class_names), path)
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
@@ -94,3 +106,76 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path} does not fit run {run.id}: {exc}") from None
     return model.eval(), data
+
+
+# ---------------------------------------------------------------- resumable training state (last.pt)
+# last.pt is written with a digest of its whole content and the previous one is kept as last.prev.pt:
+# a file cut short or damaged after it was written is detected on load and the previous good one is used.
+
+RESUME_FORMAT = "galaxyvit-resume-v1"
+
+
+def state_digest(obj) -> str:
+    """sha256 over every tensor's bytes and every plain value of a nested dict/list, in a fixed order."""
+    h = hashlib.sha256()
+
+    def feed(x) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}".encode())
+            for key in sorted(x, key=repr):
+                h.update(repr(key).encode())
+                feed(x[key])
+        elif isinstance(x, list | tuple):
+            h.update(f"L{len(x)}".encode())
+            for item in x:
+                feed(item)
+        else:
+            h.update(f"V{x!r}".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def previous_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_resumable(state: dict, path: str | Path) -> None:
+    """Keep the current file as <name>.prev.pt, then write `state` (plus format and digest) atomically."""
+    path = Path(path)
+    payload = {**state, "format": RESUME_FORMAT}
+    payload["digest"] = state_digest(payload)
+    if path.is_file():
+        os.replace(path, previous_path(path))
+    atomic_save(payload, path)
+
+
+def verify_resumable(path: str | Path) -> dict:
+    """Load a resumable state and check its digest; CheckpointError if it is truncated, damaged or foreign."""
+    data = load_checkpoint(path)
+    if data.get("format") != RESUME_FORMAT or "digest" not in data:
+        raise CheckpointError(f"{path} is not a resumable training state ({RESUME_FORMAT})")
+    digest = data.pop("digest")
+    if state_digest(data) != digest:
+        raise CheckpointError(f"{path} is damaged: its content does not match the digest written with it")
+    return data
+
+
+def load_resumable(path: str | Path) -> tuple[dict, Path]:
+    """The newest good state: `path`, or `<name>.prev.pt` if `path` is missing, truncated or damaged."""
+    errors = []
+    for candidate in (Path(path), previous_path(path)):
+        try:
+            data = verify_resumable(candidate)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        if errors:
+            print(f"warning: {errors[0]}; resuming from {candidate} instead", file=sys.stderr)
+        return data, candidate
+    raise CheckpointError("no usable training state to resume from: " + "; ".join(errors))
