@@ -1,0 +1,154 @@
+"""The main job in one command, on built-in synthetic galaxies:
+
+  1. if no model is registered yet (BentoML model galaxyvit-NAME): generate synthetic galaxies,
+     train a small run on them (`galaxyvit train`), export it to verified ONNX (`galaxyvit export`);
+  2. start the service on 127.0.0.1 (`galaxyvit serve`) and wait until /readyz answers;
+  3. classify the three real GZ2 cutouts of ../shared/data/gz2_real_samples and a synthetic
+     galaxy over HTTP, and print the answers next to the known classes;
+  4. stop the service (unless --keep-serving).
+
+Every step is an ordinary `galaxyvit` command, printed before it runs, so it can be repeated by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from galaxyvit.classes import CLASS_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GALAXYVIT_SHARED", ROOT.parent / "shared"))
+REAL_SAMPLES = SHARED / "data" / "gz2_real_samples" / "images"
+# Known classes of the real samples (Hart et al. 2016 rows in ../shared/data/gz2_real_samples).
+REAL_LABELS = {"106587.jpg": 5, "16126.jpg": 7, "91609.jpg": 3}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default="linformer-010522", help="study run to train when no model exists yet")
+    parser.add_argument("--name", default="demo", help="model name to export/serve (BentoML model galaxyvit-NAME)")
+    parser.add_argument("--n", type=int, default=3000, help="synthetic images to generate (all splits; default 3000)")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs for the demo run (default 6)")
+    parser.add_argument("--dataset", type=Path, default=Path("data/demo-synthetic"), help="synthetic dataset folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="training output folder")
+    parser.add_argument("--port", type=int, default=3000, help="service port on 127.0.0.1 (default 3000)")
+    parser.add_argument("--retrain", action="store_true", help="train and export again even if the model exists")
+    parser.add_argument("--keep-serving", action="store_true", help="leave the service running at the end")
+    parser.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for /readyz (300)")
+
+
+def galaxyvit(*args: str) -> None:
+    """Run a galaxyvit subcommand in a child process; stop the demo if it fails."""
+    command = [sys.executable, "-m", "galaxyvit", *args]
+    print(f"\n$ galaxyvit {' '.join(args)}", flush=True)
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"demo: `galaxyvit {' '.join(args)}` failed with exit code {result.returncode}")
+
+
+def model_registered(name: str) -> bool:
+    import bentoml
+
+    try:
+        bentoml.models.get(f"galaxyvit-{name}:latest")
+        return True
+    except bentoml.exceptions.NotFound:
+        return False
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"demo: the service exited with code {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    raise SystemExit(f"demo: the service was not ready within {timeout:.0f} s")
+
+
+def classify(url: str, files: list[Path], model: str) -> list[dict]:
+    """POST the images to /classify as one multipart request."""
+    boundary = uuid.uuid4().hex
+    body = bytearray()
+    for path in files:
+        content_type = "image/jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "application/octet-stream"
+        body += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{path.name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        body += path.read_bytes() + b"\r\n"
+    body += f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n--{boundary}--\r\n'.encode()
+    request = urllib.request.Request(
+        f"{url}/classify", data=bytes(body), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    return answer["predictions"] if isinstance(answer, dict) else answer
+
+
+def sample_images(dataset: Path) -> list[tuple[Path, int | None]]:
+    """The real GZ2 cutouts (when ../shared is there) and the first synthetic test galaxy."""
+    samples = [(REAL_SAMPLES / name, label) for name, label in REAL_LABELS.items() if (REAL_SAMPLES / name).is_file()]
+    with open(dataset / "gz2_test.csv") as f:
+        first = next(csv.DictReader(f))
+    samples.append((dataset / "images" / f"{first['galaxyID']}.jpg", int(first["label1"])))
+    return samples
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    dataset, out = (ROOT / args.dataset).resolve(), (ROOT / args.out).resolve()
+    if args.retrain or not model_registered(args.name):
+        galaxyvit(
+            "train", args.run, "--data", "synthetic", "--synth-n", str(args.n), "--dataset", str(dataset),
+            "--epochs", str(args.epochs), "--out", str(out),
+        )  # fmt: skip
+        galaxyvit("export", str(out / "best.pt"), "--name", args.name, "--valid-data", str(dataset))
+    else:
+        print(f"model galaxyvit-{args.name} is registered: skipping training (--retrain to redo it)")
+        if not (dataset / "gz2_test.csv").is_file():
+            galaxyvit("synth", "--n", str(args.n), "--out", str(dataset))
+
+    url = f"http://127.0.0.1:{args.port}"
+    command = [sys.executable, "-m", "galaxyvit", "serve", "--port", str(args.port), "--models", args.name]
+    print(f"\n$ galaxyvit serve --port {args.port} --models {args.name}", flush=True)
+    server = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    try:
+        wait_ready(url, server, args.ready_timeout)
+        samples = sample_images(dataset)
+        predictions = classify(url, [path for path, _ in samples], args.name)
+        print(f"\nPredictions of galaxyvit-{args.name} over HTTP ({url}/classify):")
+        print(f"{'image':<34} {'known class':<24} {'predicted':<24} {'p':>5}")
+        for (path, label), pred in zip(samples, predictions, strict=True):
+            known = CLASS_NAMES[label] if label is not None else "?"
+            p = max(pred["probabilities"].values()) if isinstance(pred["probabilities"], dict) else max(pred["probabilities"])
+            source = "real GZ2 " if path.parent == REAL_SAMPLES else "synthetic "
+            print(f"{source + path.name:<34} {known:<24} {pred['class_name']:<24} {p:5.2f}")
+        print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
+        if args.keep_serving:
+            print(f"the service keeps running at {url} (pid {server.pid}); stop it with: kill -TERM -{server.pid}")
+            server = None
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+    return 0

@@ -1,0 +1,211 @@
+"""ONNX export: parity gate for all three families, model cards, integrity check, --best, registration."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import ViTConfig
+
+from galaxyvit.card import CardError, IntegrityError, load_card, load_verified
+from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.cli import main as cli_main
+from training import export
+from training.checkpoint import save_model
+from training.export import ExportError, export_checkpoint, model_store, ort_session
+from training.models import build_model
+from training.onnx_graph import export_ready
+from training.registry import get_run
+from training.synthetic import write_dataset
+from training.vitbase import build_vitbase
+
+TINY_VITBASE = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=224, patch_size=32
+)
+
+
+def _model(run_id: str):
+    torch.manual_seed(0)
+    if run_id.startswith("vitbase"):
+        return get_run(run_id), build_vitbase(pretrained=False, config=ViTConfig(**TINY_VITBASE))
+    run = get_run(run_id)
+    if run.family == "vit":
+        run = run.with_overrides(depth=2)  # the architecture of vit-110321, shallower to stay fast
+    model = build_model(run, pretrained=False)
+    # a few SGD steps so that the weights are not the initial ones
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 224, 224)), torch.tensor([0, 1, 2, 3]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return run, model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    paths = {}
+    for run_id in ("vit-110321", "linformer-010522", "vitbase-121121"):
+        run, model = _model(run_id)
+        save_model(root / run_id / "best.pt", model, run, epoch=2, valid_acc=0.25)
+        paths[run_id] = root / run_id / "best.pt"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def valid_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("synth") / "data", 64, seed=1, workers=1, progress=False)
+
+
+@pytest.fixture
+def bentoml_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    return tmp_path / "bentoml"
+
+
+@pytest.mark.parametrize("run_id", ["vit-110321", "linformer-010522", "vitbase-121121"])
+def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_path, bentoml_home, shared_dir):
+    (card,) = export_checkpoint(checkpoints[run_id], out_root=tmp_path / "models", valid_dir=valid_dir, quiet=True)
+    model_dir = tmp_path / "models" / run_id
+    assert sorted(p.name for p in model_dir.iterdir()) == ["fp32.card.json", "fp32.onnx"]  # self-contained
+    onnx_path, loaded = load_verified(model_dir, "fp32")
+    assert loaded == load_card(model_dir / "fp32.card.json") and loaded.to_dict() == card.to_dict()
+    assert card.run_id == run_id and card.family == get_run(run_id).family and card.class_names == list(CLASS_NAMES)
+    assert card.opset == export.OPSET and card.variant == "fp32" and card.params > 0
+
+    parity = card.parity
+    assert parity["provider"] == "CPUExecutionProvider"
+    assert parity["max_abs_logit_diff"] <= 1e-4 and parity["top1_agreement"] == 1.0
+    assert parity["n_random"] > 0 and parity["n_valid"] > 0
+    assert parity["n_real"] == len(list((shared_dir / "data" / "gz2_real_samples" / "images").glob("*.jpg"))) > 0
+    assert parity["onnx_valid_acc"] == parity["torch_valid_acc"]
+
+    # dynamic batch axis, names, and the same logits as PyTorch at another batch size
+    graph = onnx.load(str(onnx_path))
+    assert [i.name for i in graph.graph.input] == ["images"] and [o.name for o in graph.graph.output] == ["logits"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    from training.checkpoint import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(checkpoints[run_id])
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    got = ort_session(onnx_path).run(["logits"], {"images": images.numpy()})[0]
+    assert got.shape == (3, len(CLASS_NAMES)) and np.abs(got - expected).max() <= 1e-4
+
+    import bentoml
+
+    registered = bentoml.models.get(f"galaxyvit-{run_id}:latest", _model_store=model_store())
+    assert str(registered.tag) == f"galaxyvit-{run_id}:{card.version}"
+    assert registered.info.labels["family"] == card.family and registered.info.labels["run_id"] == run_id
+    assert registered.info.metadata["sha256"] == card.sha256
+    load_verified(registered.path, "fp32")  # the store copy is complete and intact
+
+
+@pytest.mark.parametrize("run_id", ["vit-110321", "linformer-010522"])
+def test_export_graph_rewrite_keeps_the_function(run_id, checkpoints, tmp_path):
+    """The export-time swaps (conv patch embedding, MatMul attention) compute what the trained model computes."""
+    from training.checkpoint import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(checkpoints[run_id])
+    rewritten = export_ready(model)
+    assert rewritten is not model and any(type(m).__name__ == "PatchEmbedding" for m in model.modules())
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (rewritten(images) - model(images)).abs().max() <= 1e-5
+    fresh, _ = model_from_checkpoint(checkpoints[run_id])  # the original was not modified in place
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
+    export.export_onnx(model, tmp_path / "m.onnx")
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "Einsum" not in ops and "Split" not in ops and ops.count("Conv") == 1
+
+
+def test_quantised_variants_record_drift_and_accuracy(checkpoints, valid_dir, tmp_path):
+    cards = export_checkpoint(
+        checkpoints["vit-110321"],
+        out_root=tmp_path,
+        name="q",
+        variants=("int8", "fp16"),
+        valid_dir=valid_dir,
+        register=False,
+        quiet=True,
+    )
+    assert [c.variant for c in cards] == ["fp32", "int8", "fp16"]
+    for card in cards[1:]:
+        assert 0 < card.parity["max_abs_logit_diff"] < 1.0  # quantised: drift is real and recorded
+        assert card.parity["valid_acc_change"] >= -export.MAX_ACC_DROP
+        assert card.version == cards[0].version and card.sha256 != cards[0].sha256
+        path, _ = load_verified(tmp_path / "q", card.variant)
+        logits = ort_session(path).run(["logits"], {"images": np.zeros((2, 3, 224, 224), np.float32)})[0]
+        assert logits.dtype == np.float32 and logits.shape == (2, len(CLASS_NAMES))  # float32 IO kept
+    assert (tmp_path / "q" / "int8.onnx").stat().st_size < (tmp_path / "q" / "fp32.onnx").stat().st_size / 2
+
+
+def test_corrupted_artifact_and_bad_cards_are_refused(checkpoints, tmp_path):
+    export_checkpoint(checkpoints["vitbase-121121"], out_root=tmp_path, name="m", register=False, quiet=True)
+    model_dir = tmp_path / "m"
+    blob = bytearray((model_dir / "fp32.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (model_dir / "fp32.onnx").write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError, match="does not match its model card"):
+        load_verified(model_dir, "fp32")
+
+    card = json.loads((model_dir / "fp32.card.json").read_text())
+    (model_dir / "fp32.card.json").write_text("{not json")
+    with pytest.raises(CardError, match="not valid JSON"):
+        load_verified(model_dir, "fp32")
+    del card["sha256"]
+    (model_dir / "fp32.card.json").write_text(json.dumps(card))
+    with pytest.raises(CardError, match="sha256"):
+        load_verified(model_dir, "fp32")
+    (model_dir / "fp32.card.json").unlink()
+    with pytest.raises(CardError, match="missing"):
+        load_verified(model_dir, "fp32")
+
+
+def test_failed_fp32_gate_writes_and_registers_nothing(checkpoints, tmp_path, bentoml_home, monkeypatch):
+    out = tmp_path / "models"
+    monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)  # no export can meet it
+    with pytest.raises(ExportError, match="fp32 parity gate failed"):
+        export_checkpoint(checkpoints["vit-110321"], out_root=out, quiet=True)
+    assert list(out.iterdir()) == []  # no model folder, no temp folder
+    assert model_store().list() == []
+
+
+def test_quantised_variant_refused_alone(checkpoints, valid_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "MAX_ACC_DROP", -1.0)  # demands a 100-point accuracy gain: int8 must be refused
+    cards = export_checkpoint(
+        checkpoints["vit-110321"], out_root=tmp_path, variants=("int8",), valid_dir=valid_dir, register=False
+    )
+    assert [c.variant for c in cards] == ["fp32"]
+    assert sorted(p.name for p in (tmp_path / "vit-110321").iterdir()) == ["fp32.card.json", "fp32.onnx"]
+    assert "int8 refused: validation accuracy" in capsys.readouterr().err
+
+
+def test_best_picks_highest_valid_acc(checkpoints, tmp_path, capsys):
+    results = tmp_path / "results"
+    for run_dir, acc, with_checkpoint in [("a", 0.41, True), ("b", 0.63, True), ("c", 0.55, True), ("d", 0.9, False)]:
+        (results / run_dir).mkdir(parents=True)
+        metrics = {"run_id": f"vit-{run_dir}", "family": "vit", "valid_acc": acc, "test_acc": acc - 0.01}
+        metrics |= {"per_class_acc": [acc] * 8, "confusion_matrix": np.eye(8).tolist()}
+        (results / run_dir / "metrics.json").write_text(json.dumps(metrics))
+        if with_checkpoint:
+            shutil.copy(checkpoints["vit-110321"], results / run_dir / "best.pt")
+    out = tmp_path / "models"
+    code = cli_main(["export", "--best", str(results), "--out", str(out), "--name", "best", "--no-register"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"chose {results / 'b' / 'best.pt'}" in printed and "63.00" in printed and "missing" in printed
+    card = load_card(out / "best" / "fp32.card.json")
+    assert card.valid_acc == 0.63 and card.test_acc == pytest.approx(0.62) and card.per_class_acc == [0.63] * 8
+    assert card.confusion_matrix == np.eye(8).tolist()
+
+
+def test_cli_reports_a_bad_checkpoint(tmp_path, capsys):
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    assert cli_main(["export", str(tmp_path / "best.pt"), "--out", str(tmp_path / "m"), "--no-register"]) == 1
+    assert "unreadable" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() or list((tmp_path / "m").iterdir()) == []
