@@ -1,0 +1,24 @@
+"""The README's main job, end to end at a tiny size: synthesise, train, export, serve, classify."""
+
+import os
+import subprocess
+import sys
+
+from tests.serving_fixtures import ROOT, free_port
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml_home"), "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable, "-m", "galaxyvit", "demo", "--n", "96", "--epochs", "1", "--name", "tinydemo",
+        "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--port", str(free_port()),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "Predictions of galaxyvit-tinydemo over HTTP" in out
+    for name in ("106587.jpg", "16126.jpg", "91609.jpg"):
+        assert f"real GZ2 {name}" in out
+    assert "synthetic " in out
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert (tmp_path / "bentoml_home" / "models" / "galaxyvit-tinydemo").is_dir()
