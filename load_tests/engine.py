@@ -1,0 +1,78 @@
+"""The yardstick: the served ONNX model run in-process by ONNX Runtime, no HTTP, no decoding.
+
+The session is opened by serving.runtime.load_model, the very code the service's inference worker
+uses (same sha256-verified file, provider choice, thread settings), and fed batches of the load
+test's own images, preprocessed once with the evaluation transform. Its images/s at the batch
+size the service formed is what the service could reach if HTTP, decoding, preprocessing and
+batching cost nothing; service efficiency = service images/s / engine images/s.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galaxyvit.preprocess import eval_array
+
+
+@dataclass
+class EngineResult:
+    model: str
+    batch_size: int
+    provider: str
+    threads: int
+    calls: int
+    seconds_per_call: float  # median
+    images_per_s: float
+
+
+class Engine:
+    """One model's ONNX Runtime session plus a preprocessed image pool; `measure(batch_size)`."""
+
+    def __init__(
+        self, name: str, model_dir: str | Path, images: tuple[bytes, ...], variant: str, device: str, threads: int
+    ) -> None:
+        from PIL import Image
+
+        from serving.runtime import load_model
+
+        self.model = load_model(name, model_dir, variant, device, threads)
+        self.threads = threads
+        prep = self.model.card.prep
+        self.pool = np.stack([eval_array(Image.open(io.BytesIO(b)).convert("RGB"), prep) for b in images])
+
+    @property
+    def sha256(self) -> str:
+        return self.model.card.sha256
+
+    def batch(self, size: int) -> np.ndarray:
+        index = np.arange(size) % len(self.pool)
+        return np.ascontiguousarray(self.pool[index])
+
+    def measure(self, batch_size: int, seconds: float = 3.0, min_calls: int = 3, max_calls: int = 1000) -> EngineResult:
+        """Median time of back-to-back calls at `batch_size` for about `seconds` (at least `min_calls`)."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, not {batch_size}")
+        x = self.batch(batch_size)
+        self.model.predict(x)  # first call of this shape: allocations, kernel choice
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() < deadline):
+            t0 = time.perf_counter()
+            self.model.predict(x)
+            times.append(time.perf_counter() - t0)
+        median = statistics.median(times)
+        return EngineResult(
+            model=self.model.name,
+            batch_size=batch_size,
+            provider=self.model.provider,
+            threads=self.threads,
+            calls=len(times),
+            seconds_per_call=median,
+            images_per_s=batch_size / median,
+        )

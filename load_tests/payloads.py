@@ -1,0 +1,48 @@
+"""What the load test sends: an image pool (the real GZ2 samples plus synthetic galaxies, as JPEG bytes)
+and multipart bodies.
+
+Kept apart from the locustfile so that the sweep, the engine yardstick and the tests use them
+without importing Locust, whose import monkey-patches the whole process for gevent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GALAXYVIT_SHARED", ROOT.parent / "shared"))
+REAL_IMAGES = SHARED / "data" / "gz2_real_samples" / "images"
+N_SYNTHETIC = 13  # with the 3 real samples: a pool of 16 images, every class at least once
+
+
+@lru_cache(maxsize=1)
+def image_pool() -> tuple[bytes, ...]:
+    """JPEG bytes, read or encoded once per process: the real samples (when ../shared is there), then synthetic ones."""
+    import numpy as np
+    from PIL import Image
+
+    from training.synthetic import render_galaxy
+
+    pool = [p.read_bytes() for p in sorted(REAL_IMAGES.glob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    for i in range(N_SYNTHETIC):
+        buffer = io.BytesIO()
+        Image.fromarray(render_galaxy(i % 8, rng)).save(buffer, format="JPEG", quality=90)
+        pool.append(buffer.getvalue())
+    return tuple(pool)
+
+
+def multipart(images: list[bytes], model: str = "") -> tuple[bytes, str]:
+    """A multipart/form-data body with one `images` file field per image and an optional `model` field."""
+    boundary = "galaxyvit-loadtest-boundary"
+    parts = []
+    for i, image in enumerate(images):
+        head = f'Content-Disposition: form-data; name="images"; filename="g{i}.jpg"\r\nContent-Type: image/jpeg'
+        parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + image + b"\r\n")
+    if model:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode())
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

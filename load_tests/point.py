@@ -1,0 +1,86 @@
+"""One load point: N Locust users against one model for a warm-up (discarded) and a measured window.
+
+Run by `galaxyvit loadtest` as a subprocess (Locust's Python API needs gevent's monkey patching,
+which must not leak into the sweep process):
+
+  python -m load_tests.point --url http://127.0.0.1:3000 --model vit --users 8 --warmup 5 --duration 15 --out DIR/vit-u8
+
+Writes Locust's own CSVs for the measured window only (PREFIX_stats.csv, _failures.csv,
+_exceptions.csv), the service's /metrics text right before and right after that window
+(PREFIX_metrics_start.txt, PREFIX_metrics_end.txt) and the window's wall-clock times (PREFIX_window.json).
+"""
+
+# ruff: noqa: I001  (locust first: its gevent monkey patching must precede the other imports)
+from __future__ import annotations
+
+import locust
+
+import argparse
+import csv
+import json
+import os
+import time
+import urllib.request
+
+import gevent
+from locust.env import Environment
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+from load_tests.payloads import image_pool
+from load_tests.locustfile import IMAGES_ENV, MODEL_ENV, GalaxyUser
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode()
+
+
+def run_point(url: str, model: str, users: int, warmup: float, duration: float, prefix: str, images: int = 1) -> None:
+    os.environ[MODEL_ENV] = model
+    os.environ[IMAGES_ENV] = str(images)
+    image_pool()  # read and encode the images before the clock starts
+    env = Environment(user_classes=[GalaxyUser], host=url, events=locust.events)
+    runner = env.create_local_runner()
+    runner.start(users, spawn_rate=max(users, 1))  # all users within about a second
+    deadline = time.monotonic() + warmup + 30
+    while runner.user_count < users and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    gevent.sleep(warmup)
+    start_metrics = fetch(url + "/metrics")
+    env.stats.reset_all()
+    started = time.time()
+    gevent.sleep(duration)
+    ended = time.time()
+    # the CSV writer does not yield to other greenlets: the files are one consistent snapshot
+    writer = StatsCSV(env, PERCENTILES_TO_REPORT)
+    for suffix, write in (("stats", writer.requests_csv), ("failures", writer.failures_csv)):
+        with open(f"{prefix}_{suffix}.csv", "w", newline="") as f:
+            write(csv.writer(f))
+    with open(f"{prefix}_exceptions.csv", "w", newline="") as f:
+        writer.exceptions_csv(csv.writer(f))
+    end_metrics = fetch(url + "/metrics")
+    runner.quit()
+    with open(f"{prefix}_metrics_start.txt", "w") as f:
+        f.write(start_metrics)
+    with open(f"{prefix}_metrics_end.txt", "w") as f:
+        f.write(end_metrics)
+    with open(f"{prefix}_window.json", "w") as f:
+        json.dump({"start": started, "end": ended, "seconds": ended - started, "users": users, "model": model}, f)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--model", default="")
+    parser.add_argument("--users", type=int, required=True)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument("--out", required=True, help="path prefix of the files written")
+    args = parser.parse_args()
+    run_point(args.url, args.model, args.users, args.warmup, args.duration, args.out, args.images_per_request)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The load test report: results.json, a markdown table (results.md) and a PNG plot (loadtest.png)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Point:
+    """One model at one concurrency, measured window only."""
+
+    model: str
+    family: str
+    variant: str
+    provider: str
+    concurrency: int
+    images_per_request: int
+    seconds: float  # measured window
+    requests: int
+    failures: int
+    req_s: float
+    img_s: float  # successfully classified images per second
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    batches: int  # ONNX Runtime calls the service made in the window (its /metrics)
+    mean_batch: float | None  # images per call in the window
+    engine_busy: float | None  # fraction of the window the service's inference worker(s) spent in ONNX Runtime
+    engine_batch: int | None = None  # batch size the yardstick ran: the rounded mean batch
+    engine_img_s: float | None = None
+    efficiency: float | None = None  # img_s / engine_img_s
+    failure_messages: list[str] = field(default_factory=list)
+
+
+def machine() -> dict:
+    """CPU model and cores this ran on (and the GPU when ONNX Runtime used CUDA)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu": cpu, "cores": cores, "python": platform.python_version(), "gpu": None}
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            info["gpu"] = ", ".join(out.stdout.split("\n")).strip(", ")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(points: list[Point], info: dict, settings: dict) -> str:
+    """The report: where it ran, the service settings, one table row per (model, concurrency)."""
+    hardware = f"{info['cpu']}, {info['cores']} cores" + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU")
+    lines = [
+        "# galaxyvit load test",
+        "",
+        f"- machine: {hardware}; onnxruntime {info.get('onnxruntime', '?')}",
+        "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+        "- img/s counts successfully classified images; latency percentiles are Locust's (ms, whole HTTP request);",
+        "  mean batch = images per ONNX Runtime call in the service (its /metrics) over the measured window;",
+        "  engine img/s = the same ONNX model in-process (same provider and threads) at that batch size, rounded;",
+        "  efficiency = service img/s / engine img/s; busy = ONNX Runtime time of the batches that ended in the",
+        "  window, over the window (it can pass 100% when a batch is long compared with the window).",
+        "  `*`: p99 latency above a fifth of the window: requests straddling its ends weigh in; use a longer",
+        "  --duration.",
+        "",
+        "| model | variant | provider | concurrency | req/s | img/s | p50 ms | p95 ms | p99 ms | errors "
+        "| mean batch | engine img/s | efficiency | busy |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for p in points:
+        efficiency = "-" if p.efficiency is None else f"{100 * p.efficiency:.0f}%"
+        busy = "-" if p.engine_busy is None else f"{100 * p.engine_busy:.0f}%"
+        flag = "*" if p.p99_ms is not None and p.p99_ms > 1000 * p.seconds / 5 else ""
+        provider = p.provider.replace("ExecutionProvider", "")
+        lines.append(
+            f"| {p.model} ({p.family}) | {p.variant} | {provider} | {p.concurrency}{flag} "
+            f"| {p.req_s:.1f} | {p.img_s:.1f} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p95_ms, 0)} | {_fmt(p.p99_ms, 0)} "
+            f"| {p.failures} | {_fmt(p.mean_batch, 2)} | {_fmt(p.engine_img_s)} | {efficiency} | {busy} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[Point], path: Path, title: str) -> None:
+    """Left: images/s vs concurrency per model (service solid, engine yardstick dotted). Right: latency vs images/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(p.model for p in points))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, model in enumerate(models):
+        rows = sorted((p for p in points if p.model == model), key=lambda p: p.concurrency)
+        colour = colours[i % len(colours)]
+        conc = [p.concurrency for p in rows]
+        ax1.plot(conc, [p.img_s for p in rows], "o-", color=colour, label=f"{model} service")
+        engine = [(p.concurrency, p.engine_img_s) for p in rows if p.engine_img_s]
+        if engine:
+            ax1.plot(*zip(*engine), "x:", color=colour, label=f"{model} engine at the service's batch")
+        for key, style, label in (("p50_ms", "o-", "p50"), ("p95_ms", "s--", "p95"), ("p99_ms", "^:", "p99")):
+            pts = [(p.img_s, getattr(p, key)) for p in rows if getattr(p, key) is not None]
+            if pts:
+                ax2.plot(*zip(*pts), style, color=colour, label=f"{model} {label}")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    def log_ticks(axis) -> None:  # plain numbers at 1, 2, 5 x 10^k
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+
+    ax1.set_xscale("log", base=2)
+    ax1.set_xticks(sorted({p.concurrency for p in points}))
+    ax1.xaxis.set_major_formatter(ScalarFormatter())
+    ax1.set_yscale("log")
+    log_ticks(ax1.yaxis)
+    ax1.set_xlabel("concurrency (Locust users)")
+    ax1.set_ylabel("images / s")
+    ax1.set_title("throughput vs concurrency")
+    ax1.grid(True, alpha=0.3)
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=max(1, len(models)))
+    ax2.set_yscale("log")
+    log_ticks(ax2.yaxis)
+    ax2.set_xlabel("images / s")
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title("latency percentiles vs throughput")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=max(1, len(models)))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(points: list[Point], out_dir: Path, settings: dict, info: dict | None = None) -> dict[str, Path]:
+    """results.json, results.md and loadtest.png in out_dir; their paths."""
+    info = info or machine()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plot": out_dir / "loadtest.png"}
+    paths["json"].write_text(
+        json.dumps({"machine": info, "settings": settings, "points": [asdict(p) for p in points]}, indent=2) + "\n"
+    )
+    paths["markdown"].write_text(markdown(points, info, settings))
+    hardware = f"{info['cpu']} ({info['cores']} cores)" + (f", {info['gpu']}" if info.get("gpu") else ", no GPU")
+    plot(points, paths["plot"], f"galaxyvit service on {hardware}")
+    return paths
+
+
+def merge(sources: list[Path], out_dir: Path) -> dict[str, Path]:
+    """One report from several sweeps' results.json (e.g. one sweep per family with its own concurrencies)."""
+    points, settings, info = [], {}, None
+    for source in sources:
+        data = json.loads((source / "results.json" if source.is_dir() else source).read_text())
+        points += [Point(**p) for p in data["points"]]
+        info = info or data["machine"]
+        for key, value in data["settings"].items():
+            if settings.setdefault(key, value) != value and not str(settings[key]).endswith("(varies)"):
+                settings[key] = f"{settings[key]} (varies)"
+    return write(points, out_dir, settings, info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Merge load-test sweeps (their output folders) into one report.")
+    parser.add_argument("sources", nargs="+", type=Path, help="sweep output folders or their results.json")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the merged report")
+    args = parser.parse_args(argv)
+    paths = merge(args.sources, args.out)
+    print(paths["markdown"].read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
