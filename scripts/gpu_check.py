@@ -83,7 +83,7 @@ def free_port() -> int:
 def start_server(port: int, max_batch: int, log: Path) -> subprocess.Popen:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "GALAXYVIT_DEVICE": "cuda",
         "GALAXYVIT_MAX_BATCH_SIZE": str(max_batch * 2),
         "GALAXYVIT_MAX_IMAGES": str(max_batch),

@@ -84,6 +84,9 @@ def load_model(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     providers = requested_providers(device)
+    if providers[0] == "CUDAExecutionProvider":
+        # CUDA and cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) are not on the loader path.
+        ort.preload_dlls(directory="")
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
     model = LoadedModel(name=name, card=card, session=session, onnx_path=onnx_path)
     if model.provider != providers[0]:
