@@ -59,8 +59,10 @@ def galaxyvit(*args: str) -> None:
 def model_registered(name: str) -> bool:
     import bentoml
 
+    from serving.config import MODEL_TAG_PREFIX, model_store
+
     try:
-        bentoml.models.get(f"galaxyvit-{name}:latest")
+        bentoml.models.get(f"{MODEL_TAG_PREFIX}{name}:latest", _model_store=model_store())
         return True
     except bentoml.exceptions.NotFound:
         return False

@@ -39,19 +39,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from load_tests.report import Point, machine, write
+from serving.config import bentoml_home
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_CONCURRENCY = 256
 MAX_POINTS = 60
 MAX_TOTAL_S = 3 * 3600
-# BentoML 1.4 recreates the API worker's HTTP session to the inference worker every 100 calls (and every
-# 300 s) and closes the old one under the requests still in flight on it: they fail with aiohttp's
-# ServerDisconnectedError (the service answers 503). Until the service sets runner_connection itself,
-# the sweep starts it with limits no sweep reaches.
-RUNNER_CONNECTION = (
-    "services.galaxyvit_models.runner_connection.max_requests=1000000000 "
-    "services.galaxyvit_models.runner_connection.max_age=1000000000.0"
-)
 
 
 class LoadTestError(Exception):
@@ -135,18 +128,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def store_home() -> Path:
-    """The BentoML home whose model store the service reads (BENTOML_HOME, else BentoML's default ~/bentoml)."""
-    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
-
-
 class Service:
     """`galaxyvit serve MODELS` in a subprocess on a free loopback port, with its own BentoML home (fresh /metrics)."""
 
     def __init__(self, args: argparse.Namespace, log: Path, models: str) -> None:
         from serving.cli import serve_command
 
-        models_dir = store_home() / "models"
+        models_dir = bentoml_home() / "models"
         if not models_dir.is_dir():
             raise LoadTestError(f"no BentoML model store at {models_dir}: export a model first (galaxyvit export)")
         self.home = Path(tempfile.mkdtemp(prefix="galaxyvit-loadtest-"))
@@ -167,7 +155,6 @@ class Service:
         )
         command, env = serve_command(serve_args)
         env.update({"BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "true"})
-        env["BENTOML_CONFIG_OPTIONS"] = " ".join(filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), RUNNER_CONNECTION]))
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if args.threads:
             env["GALAXYVIT_INTRA_OP_THREADS"] = str(args.threads)
@@ -345,14 +332,14 @@ def open_engine(model: str, info: dict, args: argparse.Namespace):
 
     from load_tests.engine import Engine
     from load_tests.payloads import image_pool
-    from serving.config import MODEL_TAG_PREFIX
+    from serving.config import MODEL_TAG_PREFIX, model_store
 
     threads, variant, device = engine_threads(args)
-    model_dir = bentoml.models.get(f"{MODEL_TAG_PREFIX}{model}:latest").path
+    model_dir = bentoml.models.get(f"{MODEL_TAG_PREFIX}{model}:latest", _model_store=model_store()).path
     engine = Engine(model, model_dir, image_pool(), variant, device, threads)
     if info.get("sha256") and info["sha256"] != engine.sha256:
         print(
-            f"warning: {model}: the model store at {store_home()} holds another {variant} file than the service "
+            f"warning: {model}: the model store at {bentoml_home()} holds another {variant} file than the service "
             "serves; no engine yardstick",
             file=sys.stderr,
         )
@@ -418,14 +405,14 @@ def sweep(args: argparse.Namespace) -> int:
         registered = discover_models()
         if not registered:
             raise LoadTestError(
-                f"no galaxyvit-* model in the model store at {store_home()}: export one with `galaxyvit export` "
+                f"no galaxyvit-* model in the model store at {bentoml_home()}: export one with `galaxyvit export` "
                 "(python -m load_tests.models makes random-weight ones) or point BENTOML_HOME at a store"
             )
         models = wanted or registered
         unknown = [m for m in models if m not in registered]
         if unknown:
             raise LoadTestError(
-                f"model(s) {', '.join(unknown)} not in the model store at {store_home()} "
+                f"model(s) {', '.join(unknown)} not in the model store at {bentoml_home()} "
                 f"(registered: {', '.join(registered) or 'none'}); export them with `galaxyvit export`"
             )
     n_points = len(models) * len(args.concurrency)

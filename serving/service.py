@@ -36,9 +36,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from galaxyvit.card import ModelCard, card_path, load_card
+from galaxyvit.card import CardError, IntegrityError, ModelCard, card_path, load_card, load_verified
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.preprocess import eval_array
+from serving.bentoml_patches import bound_metric_labels, hold_sigterm_while_api_workers_run, stop_workers_before_cleanup
 from serving.config import MODEL_TAG_PREFIX, discover_models, load_config
 from serving.decode import InputError, check_content_type, decode_image
 
@@ -54,6 +55,26 @@ if not SERVED:
 DEFAULT_MODEL = CONFIG.default_model or SERVED[0]
 if DEFAULT_MODEL not in SERVED:
     raise RuntimeError(f"default model {DEFAULT_MODEL!r} is not among the served models {SERVED}")
+
+
+def verify_artifacts(names: list[str], variant: str) -> None:
+    """Check every served model file against the sha256 of its card before BentoML starts any worker.
+
+    A tampered or corrupted artifact then stops `bentoml serve` (and `bentoml build`) at once with a
+    clear error, instead of an inference worker that fails, restarts forever and never turns ready.
+    """
+    for name in names:
+        model_dir = bentoml.models.get(f"{MODEL_TAG_PREFIX}{name}:latest").path
+        try:
+            load_verified(model_dir, variant)
+        except (CardError, IntegrityError) as exc:
+            raise IntegrityError(f"refusing to serve model {name!r}: {exc}") from None
+
+
+verify_artifacts(SERVED, CONFIG.variant)
+
+
+ENTRY_SERVICE = "galaxyvit"  # the name of the HTTP front end service (GalaxyClassifier below)
 
 
 def _attr(name: str) -> str:
@@ -81,6 +102,7 @@ class _GalaxyModels:
                 if acc is not None:
                     self.metrics.offline_accuracy.labels(name, split).set(acc)
             logger.warning("serving %s (%s %s) on %s", name, model.card.family, model.card.variant, model.provider)
+        hold_sigterm_while_api_workers_run(ENTRY_SERVICE, CONFIG.timeout_s)
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def infer(self, items: list[dict[str, Any]]) -> list[Any]:
@@ -112,6 +134,9 @@ class _GalaxyModels:
         }
 
 
+stop_workers_before_cleanup()
+bound_metric_labels()
+
 for _name in SERVED:
     setattr(_GalaxyModels, _attr(_name), bentoml.models.BentoModel(f"{MODEL_TAG_PREFIX}{_name}:latest"))
 
@@ -119,6 +144,10 @@ GalaxyModels = bentoml.service(
     name="galaxyvit_models",
     workers=CONFIG.inference_workers,
     traffic={"timeout": CONFIG.timeout_s},
+    # BentoML 1.4 replaces the API workers' client session every 100 calls or 300 s and closes the old
+    # one with requests still in flight on it, which fails them (503 inference_unavailable under load).
+    # Keep one session for the life of the worker instead.
+    runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9},
 )(_GalaxyModels)
 
 
@@ -301,7 +330,7 @@ class _GalaxyClassifier:
         body = await read_body(request, 64 * 1024)
         try:
             data = json.loads(body or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested deeper than the parser recurses
             raise InputError(
                 'feedback must be JSON: {"request_id": "...", "label": 0..7 or class name}', "bad_json"
             ) from None
@@ -421,7 +450,7 @@ class AdmissionMiddleware:
 
 _GalaxyClassifier = bentoml.asgi_app(http_app, path="/")(_GalaxyClassifier)
 GalaxyClassifier = bentoml.service(
-    name="galaxyvit",
+    name=ENTRY_SERVICE,
     workers=CONFIG.workers,
     traffic={"timeout": CONFIG.timeout_s},
 )(_GalaxyClassifier)

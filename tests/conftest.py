@@ -31,3 +31,8 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"{SHARED} is missing: the tests need the project's ../shared folder")
     return SHARED
+
+
+# Serving fixtures (tests/serving_fixtures.py) for every module that does not import its own copy:
+# those modules then share one set of tiny exported models and one server per test session.
+from serving_fixtures import server, tiny_models  # noqa: E402, F401

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.serving_fixtures import ROOT, free_port
+from serving_fixtures import ROOT, free_port
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path):

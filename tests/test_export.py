@@ -12,9 +12,10 @@ from transformers import ViTConfig
 from galaxyvit.card import CardError, IntegrityError, load_card, load_verified
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.cli import main as cli_main
+from serving.config import model_store
 from training import export
 from training.checkpoint import save_model
-from training.export import ExportError, export_checkpoint, model_store, ort_session
+from training.export import ExportError, export_checkpoint, ort_session
 from training.models import build_model
 from training.onnx_graph import export_ready
 from training.registry import get_run

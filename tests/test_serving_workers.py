@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from serving_fixtures import ROOT, Server, metric, tiny_models  # noqa: F401  (fixture)
+from serving_fixtures import ROOT, Server, metric
 
 REAL = sorted((ROOT.parent / "shared" / "data" / "gz2_real_samples" / "images").glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")
-def two_workers(tiny_models, tmp_path_factory):  # noqa: F811
+def two_workers(tiny_models, tmp_path_factory):
     home, _ = tiny_models
     srv = Server(
         home,
@@ -71,7 +71,7 @@ def test_metrics_and_feedback_are_exact_with_two_workers(two_workers):
     assert len(pids) == 2, pids
 
 
-def test_bentoml_build_succeeds_without_torch(tiny_models, tmp_path):  # noqa: F811
+def test_bentoml_build_succeeds_without_torch(tiny_models, tmp_path):
     home, _ = tiny_models
     build_home = tmp_path / "home"
     build_home.mkdir()

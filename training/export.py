@@ -41,6 +41,7 @@ from tqdm import tqdm
 from galaxyvit.card import VARIANTS, ModelCard, load_card, load_verified, sha256_file
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.preprocess import Preprocessing, eval_array
+from serving.config import bentoml_home, model_store
 from training.checkpoint import CheckpointError, model_from_checkpoint
 from training.onnx_graph import export_ready
 
@@ -290,21 +291,6 @@ def _metadata_value(value):
     return "" if value is None else value
 
 
-def bentoml_models_dir() -> Path:
-    """The model store under BENTOML_HOME as it is *now* (bentoml caches its home on first use)."""
-    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")).expanduser()
-    return home / "models"
-
-
-def model_store():
-    """BentoML's ModelStore for the current BENTOML_HOME (use with bentoml.models.get(tag, _model_store=...))."""
-    from bentoml._internal.models import ModelStore
-
-    models = bentoml_models_dir()
-    models.mkdir(parents=True, exist_ok=True)
-    return ModelStore(str(models))
-
-
 def register_model(model_dir: Path, cards: list[ModelCard]) -> str:
     """Import models/<name>/ into the BentoML model store; returns the tag (galaxyvit-<name>:<version>)."""
     import bentoml
@@ -451,7 +437,7 @@ def export_checkpoint(
     say(f"wrote {final}/ ({', '.join(c.onnx_file for c in cards)})")
     if register:
         tag = register_model(final, cards)
-        say(f"registered {tag} in the BentoML model store ({bentoml_models_dir()})")
+        say(f"registered {tag} in the BentoML model store ({bentoml_home() / 'models'})")
     return cards
 
 
