@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -157,10 +156,7 @@ def main(args: argparse.Namespace) -> int:
             server = None
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            from serving.cli import stop_server
+
+            stop_server(server)
     return 0

@@ -26,7 +26,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -191,13 +190,9 @@ class Service:
 
     def stop(self) -> None:
         """SIGTERM to the server, then SIGKILL to its own process group (its workers) if it does not exit."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        from serving.cli import stop_server
+
+        stop_server(self.process)
         (self.home / "models").unlink(missing_ok=True)  # the link to the model store, never the store itself
         shutil.rmtree(self.home, ignore_errors=True)  # this run's metrics and prediction store
 

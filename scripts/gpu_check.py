@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -199,11 +198,9 @@ def main() -> int:
                 )
         return 0
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        from serving.cli import stop_server
+
+        stop_server(process)
 
 
 if __name__ == "__main__":

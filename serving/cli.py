@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +55,19 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     command = [str(bentoml) if bentoml.exists() else "bentoml", "serve", "serving.service:GalaxyClassifier"]
     command += ["--host", args.host, "--port", str(args.port)]
     return command, env
+
+
+def stop_server(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Graceful stop of a `bentoml serve` started with start_new_session=True: SIGTERM lets in-flight
+    requests finish; if it has not exited after `timeout` s, SIGKILL its whole process group (the workers)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from serving.cli import stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("vit", "linformer", "vitbase")
@@ -138,13 +139,7 @@ class Server:
         raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # the server's own process group
-                self.process.wait()
+        stop_server(self.process)
 
 
 @pytest.fixture(scope="session")
