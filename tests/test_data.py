@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_galaxies import HEADER, galaxy_image, write_tiny_dataset
+from tiny_galaxies import HEADER, galaxy_image, write_three_class_folder, write_tiny_dataset
 
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.preprocess import eval_array, preprocessing_for
@@ -110,11 +110,7 @@ def test_real_gz2_samples_load_through_the_gz2_path(shared_dir, tmp_path):
 
 def test_folder_data_with_its_own_class_list(tiny, tmp_path):
     root = tmp_path / "three"
-    shutil.copytree(tiny / "images", root / "images")
-    for split in ("train", "valid", "test"):
-        lines = (tiny / f"gz2_{split}.csv").read_text().splitlines()[1:]
-        rows = [f"{line.split(',')[0]},{int(line.split(',')[1]) % 3}" for line in lines]
-        (root / f"{split}.csv").write_text("galaxyID,label\n" + "\n".join(rows) + "\n")
+    write_three_class_folder(tiny, root)
     with pytest.raises(DataError, match="class names"):
         load_data(DataConfig(kind="folder", dataset=str(root)))
     (root / "classes.toml").write_text('classes = ["smooth", "disc", "odd"]\n')

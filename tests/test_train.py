@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_galaxies import write_tiny_dataset
+from tiny_galaxies import write_three_class_folder, write_tiny_dataset
 
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.cli import main as cli_main
@@ -101,11 +101,7 @@ def test_tiny_run_writes_all_outputs(tiny, tmp_path):
 
 def test_folder_data_trains_with_its_own_classes(tiny, tmp_path):
     root = tmp_path / "three"
-    shutil.copytree(tiny / "images", root / "images")
-    for split in ("train", "valid", "test"):
-        lines = (tiny / f"gz2_{split}.csv").read_text().splitlines()[1:]
-        rows = [f"{line.split(',')[0]},{int(line.split(',')[1]) % 3}" for line in lines]
-        (root / f"{split}.csv").write_text("galaxyID,label\n" + "\n".join(rows) + "\n")
+    write_three_class_folder(tiny, root)
     (root / "classes.json").write_text('["smooth", "disc", "odd"]')
     run = get_run("linformer-010522").with_overrides(**TINY, class_weights="inverse_frequency")
     out = train(run, DataConfig(kind="folder", dataset=str(root)), tmp_path / "run", epochs=1, workers=0,

@@ -397,7 +397,8 @@ def export_checkpoint(
                 + f" ({parity['provider']})"
             )
             sha = sha256_file(path)
-            version = f"{created:%Y%m%d-%H%M%S}-{sha256_file(fp32_path)[:8]}"
+            if variant == "fp32":  # first in `variants`; every variant carries the fp32 file's version
+                version = f"{created:%Y%m%d-%H%M%S}-{sha[:8]}"
             card = ModelCard(
                 name=name,
                 version=version,
