@@ -35,13 +35,20 @@ class Engine:
     """One model's ONNX Runtime session plus a preprocessed image pool; `measure(batch_size)`."""
 
     def __init__(
-        self, name: str, model_dir: str | Path, images: tuple[bytes, ...], variant: str, device: str, threads: int
+        self,
+        name: str,
+        model_dir: str | Path,
+        images: tuple[bytes, ...],
+        variant: str,
+        device: str,
+        threads: int,
+        spinning: bool = False,
     ) -> None:
         from PIL import Image
 
         from serving.runtime import load_model
 
-        self.model = load_model(name, model_dir, variant, device, threads)
+        self.model = load_model(name, model_dir, variant, device, threads, spinning)
         self.threads = threads
         prep = self.model.card.prep
         self.pool = np.stack([eval_array(Image.open(io.BytesIO(b)).convert("RGB"), prep) for b in images])

@@ -7,7 +7,9 @@ which must not leak into the sweep process):
 
 Writes Locust's own CSVs for the measured window only (PREFIX_stats.csv, _failures.csv,
 _exceptions.csv), the service's /metrics text right before and right after that window
-(PREFIX_metrics_start.txt, PREFIX_metrics_end.txt) and the window's wall-clock times (PREFIX_window.json).
+(PREFIX_metrics_start.txt, PREFIX_metrics_end.txt), the window's wall-clock times (PREFIX_window.json)
+and the CPU seconds spent in the window (PREFIX_cpu.json): by this Locust process and, given
+--server-pid, by each of the service's processes (API workers, inference workers, the rest).
 """
 
 # ruff: noqa: I001  (locust first: its gevent monkey patching must precede the other imports)
@@ -23,6 +25,7 @@ import time
 import urllib.request
 
 import gevent
+import psutil
 from locust.env import Environment
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
@@ -35,7 +38,44 @@ def fetch(url: str) -> str:
         return response.read().decode()
 
 
-def run_point(url: str, model: str, users: int, warmup: float, duration: float, prefix: str, images: int = 1) -> None:
+def service_processes(server_pid: int) -> dict[int, tuple[str, psutil.Process]]:
+    """pid -> (role, process) for `bentoml serve` and its workers: "inference", "api" or "other"."""
+    root = psutil.Process(server_pid)
+    found = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            command = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        role = "other"
+        if "--worker-id" in command:
+            role = "inference" if "galaxyvit_models" in command else "api"
+        found[process.pid] = (role, process)
+    return found
+
+
+def cpu_seconds(processes: dict[int, tuple[str, psutil.Process]]) -> dict[int, float]:
+    """User + system CPU seconds of each live process so far."""
+    seconds = {}
+    for pid, (_, process) in processes.items():
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def run_point(
+    url: str,
+    model: str,
+    users: int,
+    warmup: float,
+    duration: float,
+    prefix: str,
+    images: int = 1,
+    server_pid: int | None = None,
+) -> None:
     os.environ[MODEL_ENV] = model
     os.environ[IMAGES_ENV] = str(images)
     image_pool()  # read and encode the images before the clock starts
@@ -47,9 +87,13 @@ def run_point(url: str, model: str, users: int, warmup: float, duration: float, 
         gevent.sleep(0.05)
     gevent.sleep(warmup)
     start_metrics = fetch(url + "/metrics")
+    service = service_processes(server_pid) if server_pid else {}
+    client = psutil.Process()
     env.stats.reset_all()
     started = time.time()
+    service_start, client_start = cpu_seconds(service), sum(client.cpu_times()[:2])
     gevent.sleep(duration)
+    service_end, client_end = cpu_seconds(service), sum(client.cpu_times()[:2])
     ended = time.time()
     # the CSV writer does not yield to other greenlets: the files are one consistent snapshot
     writer = StatsCSV(env, PERCENTILES_TO_REPORT)
@@ -66,6 +110,12 @@ def run_point(url: str, model: str, users: int, warmup: float, duration: float, 
         f.write(end_metrics)
     with open(f"{prefix}_window.json", "w") as f:
         json.dump({"start": started, "end": ended, "seconds": ended - started, "users": users, "model": model}, f)
+    cpu = {"client": client_end - client_start}
+    for pid in service_start.keys() & service_end.keys():
+        role = service[pid][0]
+        cpu[role] = cpu.get(role, 0.0) + service_end[pid] - service_start[pid]
+    with open(f"{prefix}_cpu.json", "w") as f:
+        json.dump(cpu, f)
 
 
 def main() -> int:
@@ -77,8 +127,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--out", required=True, help="path prefix of the files written")
+    parser.add_argument("--server-pid", type=int, default=None, help="`bentoml serve` process whose CPU to record")
     args = parser.parse_args()
-    run_point(args.url, args.model, args.users, args.warmup, args.duration, args.out, args.images_per_request)
+    run_point(
+        args.url, args.model, args.users, args.warmup, args.duration, args.out, args.images_per_request, args.server_pid
+    )
     return 0
 
 

@@ -35,6 +35,13 @@ class Point:
     engine_img_s: float | None = None
     efficiency: float | None = None  # img_s / engine_img_s
     failure_messages: list[str] = field(default_factory=list)
+    # CPU time per served image in the window, core-ms: the service's API worker(s) (with its supervisor),
+    # its inference worker(s) (ONNX Runtime and BentoML's batching), the Locust client; cores_used = all
+    # of them together over the window. Only when the sweep started the service (it knows the processes).
+    cpu_ms_api: float | None = None
+    cpu_ms_inference: float | None = None
+    cpu_ms_client: float | None = None
+    cores_used: float | None = None
 
 
 def machine() -> dict:
@@ -83,12 +90,15 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
         "  engine img/s = the same ONNX model in-process (same provider and threads) at that batch size, rounded;",
         "  efficiency = service img/s / engine img/s; busy = ONNX Runtime time of the batches that ended in the",
         "  window, over the window (it can pass 100% when a batch is long compared with the window).",
+        "  CPU ms/img = CPU time per served image in the window (core-ms) of the service's API process(es),",
+        "  of its inference process(es) and of the Locust client; cores = all of them together over the window",
+        "  (with --start only).",
         "  `*`: p99 latency above a fifth of the window: requests straddling its ends weigh in; use a longer",
         "  --duration.",
         "",
         "| model | variant | provider | concurrency | req/s | img/s | p50 ms | p95 ms | p99 ms | errors "
-        "| mean batch | engine img/s | efficiency | busy |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| mean batch | engine img/s | efficiency | busy | CPU ms/img API / inference / client | cores |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in points:
         efficiency = "-" if p.efficiency is None else f"{100 * p.efficiency:.0f}%"
@@ -98,7 +108,8 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
         lines.append(
             f"| {p.model} ({p.family}) | {p.variant} | {provider} | {p.concurrency}{flag} "
             f"| {p.req_s:.1f} | {p.img_s:.1f} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p95_ms, 0)} | {_fmt(p.p99_ms, 0)} "
-            f"| {p.failures} | {_fmt(p.mean_batch, 2)} | {_fmt(p.engine_img_s)} | {efficiency} | {busy} |"
+            f"| {p.failures} | {_fmt(p.mean_batch, 2)} | {_fmt(p.engine_img_s)} | {efficiency} | {busy} "
+            f"| {_fmt(p.cpu_ms_api)} / {_fmt(p.cpu_ms_inference)} / {_fmt(p.cpu_ms_client)} | {_fmt(p.cores_used, 2)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -233,12 +233,16 @@ def _ms(value: str | None) -> float | None:
         return None
 
 
-def run_point(url: str, model: str, info: dict, users: int, args: argparse.Namespace, raw: Path) -> Point:
+def run_point(
+    url: str, model: str, info: dict, users: int, args: argparse.Namespace, raw: Path, server_pid: int | None = None
+) -> Point:
     """Locust (load_tests/point.py subprocess) for warm-up + window; the point's numbers."""
     prefix = raw / f"{model}-c{users}"
     command = [sys.executable, "-m", "load_tests.point", "--url", url, "--model", model, "--users", str(users)]
     command += ["--warmup", str(args.warmup), "--duration", str(args.duration), "--out", str(prefix)]
     command += ["--images-per-request", str(args.images_per_request)]
+    if server_pid:
+        command += ["--server-pid", str(server_pid)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     limit = args.warmup + args.duration + 120
     with open(f"{prefix}.log", "wb") as log:
@@ -269,6 +273,13 @@ def run_point(url: str, model: str, info: dict, users: int, args: argparse.Names
     images = after["galaxyvit_batch_size_sum"] - before["galaxyvit_batch_size_sum"]
     busy = after["galaxyvit_inference_seconds_sum"] - before["galaxyvit_inference_seconds_sum"]
     seconds = float(window["seconds"])
+    cpu = json.loads(Path(f"{prefix}_cpu.json").read_text())
+    served = images or (requests - failures) * k
+
+    def per_image(*roles: str) -> float | None:
+        present = [cpu[r] for r in roles if r in cpu]
+        return 1000 * sum(present) / served if present and served else None
+
     return Point(
         model=model,
         family=info.get("family", "?"),
@@ -288,6 +299,10 @@ def run_point(url: str, model: str, info: dict, users: int, args: argparse.Names
         mean_batch=images / batches if batches else None,
         engine_busy=busy / seconds if batches else None,
         failure_messages=messages,
+        cpu_ms_api=per_image("api", "other"),
+        cpu_ms_inference=per_image("inference"),
+        cpu_ms_client=per_image("client"),
+        cores_used=sum(cpu.values()) / seconds if server_pid else None,
     )
 
 
@@ -310,15 +325,15 @@ def check_args(args: argparse.Namespace) -> None:
             )
 
 
-def engine_threads(args: argparse.Namespace) -> tuple[int, str, str]:
-    """(intra-op threads, variant, device) the service's inference worker uses, from the options and GALAXYVIT_*."""
+def engine_settings(args: argparse.Namespace) -> tuple[int, str, str, bool]:
+    """(intra-op threads, variant, device, spinning) of the service's inference worker: options, then GALAXYVIT_*."""
     from serving.config import load_config
     from serving.runtime import default_threads
 
     config = load_config()
     workers = args.inference_workers or config.inference_workers
     threads = args.threads or config.intra_op_threads or default_threads(workers)
-    return threads, args.variant or config.variant, args.device or config.device
+    return threads, args.variant or config.variant, args.device or config.device, config.intra_op_spinning
 
 
 def open_engine(model: str, info: dict, args: argparse.Namespace):
@@ -329,9 +344,9 @@ def open_engine(model: str, info: dict, args: argparse.Namespace):
     from load_tests.payloads import image_pool
     from serving.config import MODEL_TAG_PREFIX, model_store
 
-    threads, variant, device = engine_threads(args)
+    threads, variant, device, spinning = engine_settings(args)
     model_dir = bentoml.models.get(f"{MODEL_TAG_PREFIX}{model}:latest", _model_store=model_store()).path
-    engine = Engine(model, model_dir, image_pool(), variant, device, threads)
+    engine = Engine(model, model_dir, image_pool(), variant, device, threads, spinning)
     if info.get("sha256") and info["sha256"] != engine.sha256:
         print(
             f"warning: {model}: the model store at {bentoml_home()} holds another {variant} file than the service "
@@ -363,12 +378,14 @@ def served_models(url: str) -> dict[str, dict]:
         raise LoadTestError(f"{url}/models did not answer like a galaxyvit service: {exc}") from None
 
 
-def sweep_model(url: str, model: str, info: dict, args: argparse.Namespace, raw: Path, bar) -> list[Point]:
+def sweep_model(
+    url: str, model: str, info: dict, args: argparse.Namespace, raw: Path, bar, server_pid: int | None = None
+) -> list[Point]:
     """Every concurrency for one model, each followed by the engine yardstick."""
     engine = None if args.no_engine else open_engine(model, info, args)
     points = []
     for users in args.concurrency:
-        point = run_point(url, model, info, users, args, raw)
+        point = run_point(url, model, info, users, args, raw, server_pid)
         yardstick(point, engine, args.engine_seconds)
         bar.update()
         bar.write(
@@ -428,12 +445,13 @@ def sweep(args: argparse.Namespace) -> int:
             try:
                 bar.write(f"starting the service for {model} on {service.url} (log: {service.log})")
                 service.wait_ready(args.start_timeout)
-                points += sweep_model(service.url, model, served_models(service.url)[model], args, raw, bar)
+                info = served_models(service.url)[model]
+                points += sweep_model(service.url, model, info, args, raw, bar, service.process.pid)
             finally:
                 service.stop()
-    threads, variant, device = engine_threads(args)
+    threads, _, _, spinning = engine_settings(args)
     settings = {"target": "started" if service else url, "duration_s": args.duration, "warmup_s": args.warmup}
-    settings.update({"images_per_request": args.images_per_request, "engine_threads": threads})
+    settings.update({"images_per_request": args.images_per_request, "engine_threads": threads, "spinning": spinning})
     if service is not None:
         names = ("MAX_BATCH_SIZE", "MAX_LATENCY_MS", "WORKERS", "INFERENCE_WORKERS", "INTRA_OP_THREADS")
         from serving.config import load_config

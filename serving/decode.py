@@ -109,7 +109,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))  # transparent = black sky
         return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _scale_to_uint8(array: np.ndarray) -> np.ndarray:

@@ -73,9 +73,17 @@ class LoadedModel:
 
 
 def load_model(
-    name: str, model_dir: str | Path, variant: str = "fp32", device: str = "auto", threads: int = 0
+    name: str,
+    model_dir: str | Path,
+    variant: str = "fp32",
+    device: str = "auto",
+    threads: int = 0,
+    spinning: bool = False,
 ) -> LoadedModel:
-    """Verify (sha256) and open a model directory's variant with the requested providers."""
+    """Verify (sha256) and open a model directory's variant with the requested providers.
+
+    `spinning`: let ONNX Runtime's intra-op threads busy-wait for work (faster hand-offs on cores of
+    their own, CPU taken from every other process on shared ones)."""
     onnx_path, card = load_verified(model_dir, variant)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
@@ -83,6 +91,7 @@ def load_model(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = requested_providers(device)
     if providers[0] == "CUDAExecutionProvider":
         # CUDA and cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) are not on the loader path.

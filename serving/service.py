@@ -2,9 +2,10 @@
 
 Two BentoML services in one deployment (`bentoml serve serving.service:GalaxyClassifier`):
 - `GalaxyClassifier` (entry, `workers` processes): HTTP endpoints, decoding, limits, the
-  evaluation preprocessing (`galaxyvit.preprocess.eval_array`), the prediction store, feedback.
-- `GalaxyModels` (`inference_workers` processes): every served model in ONNX Runtime behind one
-  batchable API; BentoML's adaptive batcher gathers images of concurrent requests (up to
+  evaluation crop (`galaxyvit.preprocess.eval_crop`), the prediction store, feedback.
+- `GalaxyModels` (`inference_workers` processes): the normalisation (`galaxyvit.preprocess.normalize`;
+  crop then normalise is `eval_array`, the offline evaluation transform) and every served model in
+  ONNX Runtime behind one batchable API; BentoML's adaptive batcher gathers images of concurrent requests (up to
   `max_batch_size`, waiting at most `max_latency_ms`) and each batch runs grouped per model.
 
 Endpoints (JSON everywhere; errors are {"error": message, "kind": kind, "status": code}):
@@ -38,7 +39,7 @@ from starlette.routing import Route
 
 from galaxyvit.card import CardError, IntegrityError, ModelCard, card_path, load_card, load_verified
 from galaxyvit.classes import CLASS_NAMES
-from galaxyvit.preprocess import eval_array
+from galaxyvit.preprocess import eval_crop, normalize
 from serving.bentoml_patches import bound_metric_labels, hold_sigterm_while_api_workers_run, stop_workers_before_cleanup
 from serving.config import MODEL_TAG_PREFIX, discover_models, load_config
 from serving.decode import InputError, check_content_type, decode_image
@@ -93,7 +94,7 @@ class _GalaxyModels:
         self.loaded = {}
         for name in SERVED:
             stored = getattr(self, _attr(name))  # the BentoModel descriptor gives the stored model
-            model = load_model(name, stored.path, CONFIG.variant, CONFIG.device, threads)
+            model = load_model(name, stored.path, CONFIG.variant, CONFIG.device, threads, CONFIG.intra_op_spinning)
             # before /readyz turns ready; on CUDA also the largest batch (memory arena, kernel choice)
             model.warm_up((1, 2, CONFIG.max_batch_size) if model.provider == "CUDAExecutionProvider" else (1, 2))
             self.loaded[name] = model
@@ -106,7 +107,11 @@ class _GalaxyModels:
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def infer(self, items: list[dict[str, Any]]) -> list[Any]:
-        """Items {"model": name, "x": (3,H,W) float32, "t": hand-off time} -> (8,) probabilities each."""
+        """Items {"model": name, "x": (H,W,3) uint8 eval crop, "t": hand-off time} -> (8,) probabilities each.
+
+        The crops travel as uint8 (a quarter of the float32 bytes between the processes) and are
+        normalised here, straight into the batch (`galaxyvit.preprocess.normalize`, the same function
+        as offline evaluation)."""
         start = time.time()
         out: list[Any] = [None] * len(items)
         groups: dict[str, list[int]] = {}
@@ -116,7 +121,10 @@ class _GalaxyModels:
             model = self.loaded[name]
             for i in idx:
                 self.metrics.queue_seconds.labels(name).observe(max(0.0, start - float(items[i]["t"])))
-            batch = np.stack([np.asarray(items[i]["x"], np.float32) for i in idx])
+            size = model.card.prep.size
+            batch = np.empty((len(idx), 3, size, size), np.float32)
+            for row, i in enumerate(idx):
+                normalize(np.asarray(items[i]["x"]), model.card.prep, out=batch[row])
             t0 = time.perf_counter()
             probs = model.predict(batch)
             self.metrics.inference_seconds.labels(name).observe(time.perf_counter() - t0)
@@ -221,8 +229,8 @@ class _GalaxyClassifier:
         card = self.cards[name]
         prep = card.prep
         # decoding is CPU work: a thread keeps the event loop (health checks, other requests) responsive
-        arrays = await asyncio.to_thread(lambda: [eval_array(decode_image(b, CONFIG.max_pixels), prep) for b in blobs])
-        items = [{"model": name, "x": x, "t": time.time()} for x in arrays]
+        crops = await asyncio.to_thread(lambda: [eval_crop(decode_image(b, CONFIG.max_pixels), prep) for b in blobs])
+        items = [{"model": name, "x": x, "t": time.time()} for x in crops]
         try:
             # one call per request: BentoML's batcher merges the calls of concurrent requests
             probs = await self.models.to_async.infer(items)

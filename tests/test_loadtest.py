@@ -59,12 +59,16 @@ def test_short_sweep_writes_table_and_plot_without_errors(tiny_store, tmp_path, 
         assert p["engine_batch"] == max(1, round(p["mean_batch"])) and p["engine_img_s"] > 0
         assert p["efficiency"] == pytest.approx(p["img_s"] / p["engine_img_s"])
         assert (out / "raw" / f"vit-c{p['concurrency']}_stats.csv").is_file()
+        # where the CPU went: every process of the service and the client worked, within the machine's cores
+        assert p["cpu_ms_api"] > 0 and p["cpu_ms_inference"] > 0 and p["cpu_ms_client"] > 0
+        assert 0 < p["cores_used"] <= data["machine"]["cores"] * 1.1
 
     table = (out / "results.md").read_text()
     assert "| model | variant | provider | concurrency | req/s | img/s | p50 ms | p95 ms | p99 ms | errors" in table
     for n in (1, 2):  # `*` flags a p99 latency long compared with the window
         assert re.search(rf"^\| vit \(vit\) \| fp32 \| CPU \| {n}\*? \| ", table, re.M)
     assert f"{data['machine']['cores']} cores" in table
+    assert "| CPU ms/img API / inference / client | cores |" in table
     png = (out / "loadtest.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 

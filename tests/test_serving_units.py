@@ -26,9 +26,24 @@ def test_config_env_over_file_over_defaults(tmp_path):
         load_config({"GALAXYVIT_MAX_IMAGES": "many"})
     with pytest.raises(FileNotFoundError):
         load_config({"GALAXYVIT_SERVING_CONFIG": str(tmp_path / "missing.toml")})
+    assert load_config({}).intra_op_spinning is False
+    assert load_config({"GALAXYVIT_INTRA_OP_SPINNING": "on"}).intra_op_spinning is True
+    with pytest.raises(ValueError, match="GALAXYVIT_INTRA_OP_SPINNING"):
+        load_config({"GALAXYVIT_INTRA_OP_SPINNING": "sometimes"})
     path.write_text("[serving]\nmax_batch = 8\n")
     with pytest.raises(ValueError, match="unknown serving setting"):
         load_config({"GALAXYVIT_SERVING_CONFIG": str(path)})
+
+
+def test_onnx_runtime_threads_spin_only_when_asked(tiny_models):
+    from serving.runtime import load_model
+
+    _, model_dirs = tiny_models
+    for spinning, expected in ((False, "0"), (True, "1")):
+        model = load_model("vit", model_dirs["vit"], device="cpu", threads=2, spinning=spinning)
+        options = model.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+        assert options.intra_op_num_threads == 2
 
 
 def test_store_is_bounded_shared_and_exact(tmp_path):
