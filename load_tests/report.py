@@ -96,9 +96,9 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
         "  `*`: p99 latency above a fifth of the window: requests straddling its ends weigh in; use a longer",
         "  --duration.",
         "",
-        "| model | variant | provider | concurrency | req/s | img/s | p50 ms | p95 ms | p99 ms | errors "
+        "| model | variant | provider | concurrency | img/req | req/s | img/s | p50 ms | p95 ms | p99 ms | errors "
         "| mean batch | engine img/s | efficiency | busy | CPU ms/img API / inference / client | cores |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in points:
         efficiency = "-" if p.efficiency is None else f"{100 * p.efficiency:.0f}%"
@@ -106,7 +106,7 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
         flag = "*" if p.p99_ms is not None and p.p99_ms > 1000 * p.seconds / 5 else ""
         provider = p.provider.replace("ExecutionProvider", "")
         lines.append(
-            f"| {p.model} ({p.family}) | {p.variant} | {provider} | {p.concurrency}{flag} "
+            f"| {p.model} ({p.family}) | {p.variant} | {provider} | {p.concurrency}{flag} | {p.images_per_request} "
             f"| {p.req_s:.1f} | {p.img_s:.1f} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p95_ms, 0)} | {_fmt(p.p99_ms, 0)} "
             f"| {p.failures} | {_fmt(p.mean_batch, 2)} | {_fmt(p.engine_img_s)} | {efficiency} | {busy} "
             f"| {_fmt(p.cpu_ms_api)} / {_fmt(p.cpu_ms_inference)} / {_fmt(p.cpu_ms_client)} | {_fmt(p.cores_used, 2)} |"
@@ -121,11 +121,14 @@ def plot(points: list[Point], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(p.model for p in points))
+    def series(p: Point) -> str:  # one line per model and images per request
+        return p.model if p.images_per_request == 1 else f"{p.model} x{p.images_per_request} img/req"
+
+    models = list(dict.fromkeys(series(p) for p in points))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, model in enumerate(models):
-        rows = sorted((p for p in points if p.model == model), key=lambda p: p.concurrency)
+        rows = sorted((p for p in points if series(p) == model), key=lambda p: p.concurrency)
         colour = colours[i % len(colours)]
         conc = [p.concurrency for p in rows]
         ax1.plot(conc, [p.img_s for p in rows], "o-", color=colour, label=f"{model} service")
@@ -152,17 +155,17 @@ def plot(points: list[Point], path: Path, title: str) -> None:
     ax1.set_ylabel("images / s")
     ax1.set_title("throughput vs concurrency")
     ax1.grid(True, alpha=0.3)
-    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=max(1, len(models)))
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(2, len(models)))
     ax2.set_yscale("log")
     log_ticks(ax2.yaxis)
     ax2.set_xlabel("images / s")
     ax2.set_ylabel("latency (ms)")
     ax2.set_title("latency percentiles vs throughput")
     ax2.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=max(1, len(models)))
+    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(2, len(models)))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

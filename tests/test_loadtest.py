@@ -64,9 +64,10 @@ def test_short_sweep_writes_table_and_plot_without_errors(tiny_store, tmp_path, 
         assert 0 < p["cores_used"] <= data["machine"]["cores"] * 1.1
 
     table = (out / "results.md").read_text()
-    assert "| model | variant | provider | concurrency | req/s | img/s | p50 ms | p95 ms | p99 ms | errors" in table
+    header = "| model | variant | provider | concurrency | img/req | req/s | img/s | p50 ms | p95 ms | p99 ms | errors"
+    assert header in table
     for n in (1, 2):  # `*` flags a p99 latency long compared with the window
-        assert re.search(rf"^\| vit \(vit\) \| fp32 \| CPU \| {n}\*? \| ", table, re.M)
+        assert re.search(rf"^\| vit \(vit\) \| fp32 \| CPU \| {n}\*? \| 1 \| ", table, re.M)
     assert f"{data['machine']['cores']} cores" in table
     assert "| CPU ms/img API / inference / client | cores |" in table
     png = (out / "loadtest.png").read_bytes()
