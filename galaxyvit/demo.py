@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 from galaxyvit.classes import CLASS_NAMES
+from serving.cli import ServerNotReady, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GALAXYVIT_SHARED", ROOT.parent / "shared"))
@@ -65,21 +66,6 @@ def model_registered(name: str) -> bool:
         return True
     except bentoml.exceptions.NotFound:
         return False
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"demo: the service exited with code {process.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    raise SystemExit(f"demo: the service was not ready within {timeout:.0f} s")
 
 
 def classify(url: str, files: list[Path], model: str) -> list[dict]:
@@ -132,7 +118,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n$ galaxyvit serve --port {args.port} --models {args.name}", flush=True)
     server = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
     try:
-        wait_ready(url, server, args.ready_timeout)
+        try:
+            wait_ready(url, server, args.ready_timeout)
+        except ServerNotReady as exc:
+            raise SystemExit(f"demo: {exc}") from None
         samples = sample_images(dataset)
         predictions = classify(url, [path for path, _ in samples], args.name)
         print(f"\nPredictions of galaxyvit-{args.name} over HTTP ({url}/classify):")

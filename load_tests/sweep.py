@@ -30,7 +30,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -172,21 +171,12 @@ class Service:
             )
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LoadTestError(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        raise LoadTestError(f"the service was not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        from serving.cli import ServerNotReady, wait_ready
 
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
+        try:
+            wait_ready(self.url, self.process, timeout, self.log)
+        except ServerNotReady as exc:
+            raise LoadTestError(str(exc)) from None
 
     def stop(self) -> None:
         """SIGTERM to the server, then SIGKILL to its own process group (its workers) if it does not exit."""

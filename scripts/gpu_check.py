@@ -103,20 +103,6 @@ def start_server(port: int, max_batch: int, log: Path) -> subprocess.Popen:
     )
 
 
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    sys.exit(f"server not ready after {timeout} s:\n{log.read_text()[-4000:]}")
-
-
 def measure(url: str, model: str, images: list[bytes], batch: int, seconds: float, clients: int) -> dict:
     """Closed loop: `clients` threads send /classify requests of `batch` images for `seconds`."""
     latencies: list[float] = []
@@ -177,7 +163,12 @@ def main() -> int:
     log = work / "server.log"
     process = start_server(port, max(batch_sizes), log)
     try:
-        wait_ready(url, process, log)
+        from serving.cli import ServerNotReady, wait_ready
+
+        try:
+            wait_ready(url, process, 300, log)
+        except ServerNotReady as exc:
+            sys.exit(str(exc))
         info = httpx.get(url + "/models", timeout=30).json()
         for m in info["models"]:
             print(f"{m['name']}: {m['family']} {m['params']:,} params, provider {m['provider']} ({m['providers']})")

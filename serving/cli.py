@@ -13,6 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +58,27 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     command = [str(bentoml) if bentoml.exists() else "bentoml", "serve", "serving.service:GalaxyClassifier"]
     command += ["--host", args.host, "--port", str(args.port)]
     return command, env
+
+
+class ServerNotReady(RuntimeError):
+    """A started server exited, or did not turn ready in time; the message ends with its log's tail."""
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Poll URL/readyz until it answers 200; ServerNotReady when `process` exits first or `timeout` s pass."""
+    tail = (lambda: ":\n" + log.read_text(errors="replace")[-4000:]) if log is not None else (lambda: "")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerNotReady(f"the service exited with code {process.returncode} before it was ready{tail()}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise ServerNotReady(f"the service was not ready after {timeout:.0f} s{tail()}")
 
 
 def stop_server(process: subprocess.Popen, timeout: float = 30) -> None:

@@ -12,13 +12,11 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from serving.cli import stop_server
+from serving.cli import ServerNotReady, stop_server, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("vit", "linformer", "vitbase")
@@ -123,20 +121,11 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}"
-                )
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
+        try:
+            wait_ready(self.url, self.process, timeout, self.log)
+        except ServerNotReady:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         stop_server(self.process)

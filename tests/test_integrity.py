@@ -19,6 +19,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 from serving_fixtures import ROOT, Server
 
+from serving.cli import ServerNotReady
+
 CODE_DIRS = ("galaxyvit", "training", "serving", "load_tests", "benchmarks", "scripts", "tests")
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "shelve", "cloudpickle"}
 
@@ -42,7 +44,7 @@ def test_tampered_model_stops_the_service_with_a_clear_error(tiny_models, tmp_pa
         onnx.unlink()
     else:
         card.write_text(card.read_text().replace('"sha256": "', '"sha256": "0'))
-    with pytest.raises(RuntimeError, match="exited with") as failure:
+    with pytest.raises(ServerNotReady, match="exited with code") as failure:
         Server(home, tmp_path / "run", {"GALAXYVIT_MODELS": "vit,linformer"}, timeout=120)
     message = str(failure.value)
     assert "IntegrityError: refusing to serve model 'vit'" in message, message[-2000:]

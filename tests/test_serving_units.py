@@ -87,3 +87,26 @@ def test_galaxyvit_serve_command_line():
     assert command[1:] == ["serve", "serving.service:GalaxyClassifier", "--host", "127.0.0.1", "--port", "3100"]
     assert env["GALAXYVIT_WORKERS"] == "2" and env["GALAXYVIT_MODELS"] == "vit,linformer"
     assert env["GALAXYVIT_DEVICE"] == "cpu" and "GALAXYVIT_VARIANT" not in {k for k in env if k not in os.environ}
+
+
+def test_wait_ready_reports_a_server_that_never_answers_or_exits(tmp_path):
+    import socket
+
+    from serving.cli import ServerNotReady, wait_ready
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once the socket closes
+    log = tmp_path / "server.log"
+    log.write_text("line one\nlast words of the server\n")
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(ServerNotReady, match=r"not ready after 1 s:\n(.|\n)*last words of the server"):
+            wait_ready(url, silent, timeout=1.0, log=log)
+    finally:
+        silent.kill()
+        silent.wait()
+    crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    crashed.wait()
+    with pytest.raises(ServerNotReady, match="exited with code 3 before it was ready$"):
+        wait_ready(url, crashed, timeout=10)
