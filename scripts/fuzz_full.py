@@ -71,6 +71,7 @@ def fuzz(url: str, pid: int | None, n: int, show: int) -> int:
         for case in fixed_cases(LIMITS):  # warm-up and known-nasty requests
             send(case)
         rss_before = tree_rss(pid) if pid else 0
+        trajectory: list[tuple[int, int]] = [(0, rss_before)]  # (generated requests, RSS): a leak keeps climbing
         bar = tqdm(total=n, desc="fuzz", unit="req")
 
         @settings(
@@ -84,6 +85,8 @@ def fuzz(url: str, pid: int | None, n: int, show: int) -> int:
         def run(case) -> None:
             send(case)
             bar.update(1)
+            if pid and bar.n % max(1, n // 10) == 0:
+                trajectory.append((bar.n, tree_rss(pid)))
 
         run()
         bar.close()
@@ -104,6 +107,7 @@ def fuzz(url: str, pid: int | None, n: int, show: int) -> int:
         growth = (rss_after - rss_before) / rss_before * 100
         print(f"server RSS (all processes): {rss_before / 2**20:.0f} MiB after warm-up -> {rss_after / 2**20:.0f} MiB")
         print(f"RSS growth: {growth:+.1f}%   worker restarted: {restarted}   /readyz at the end: {ready}")
+        print("RSS (MiB) after N generated requests: " + ", ".join(f"{k}: {r / 2**20:.0f}" for k, r in trajectory))
     for problem in problems[:show]:
         print("PROBLEM", problem[:500])
     return 0 if not problems and not restarted and ready == 200 else 1
