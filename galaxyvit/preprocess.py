@@ -69,7 +69,7 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 @lru_cache(maxsize=16)
 def _lookup_table(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
     """(3, 256) float32: every uint8 value of every channel through (v / 255 - mean) / std, in float32."""
-    values = np.arange(256, dtype=np.uint8)[None, :].astype(np.float32) / 255.0
+    values = np.arange(256, dtype=np.float32)[None, :] / 255.0
     table = (values - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
     table.setflags(write=False)
     return table

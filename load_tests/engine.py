@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxyvit.preprocess import eval_array
+from galaxyvit.preprocess import eval_batch
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Engine:
         self.model = load_model(name, model_dir, variant, device, threads, spinning)
         self.threads = threads
         prep = self.model.card.prep
-        self.pool = np.stack([eval_array(Image.open(io.BytesIO(b)).convert("RGB"), prep) for b in images])
+        self.pool = eval_batch([Image.open(io.BytesIO(b)) for b in images], prep)
 
     @property
     def sha256(self) -> str:
