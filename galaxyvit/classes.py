@@ -12,5 +12,5 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 
-# Label counts of the study's GZ2 training split (../shared/data/gz2_splits/gz2_train.csv).
+# Label counts of the study's GZ2 training split (data/gz2_splits/gz2_train.csv).
 GZ2_TRAIN_COUNTS: tuple[int, ...] = (21683, 25111, 4766, 10436, 13029, 19653, 3769, 1361)

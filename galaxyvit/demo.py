@@ -3,7 +3,7 @@
   1. if no model is registered yet (BentoML model galaxyvit-NAME): generate synthetic galaxies,
      train a small run on them (`galaxyvit train`), export it to verified ONNX (`galaxyvit export`);
   2. start the service on 127.0.0.1 (`galaxyvit serve`) and wait until /readyz answers;
-  3. classify the three real GZ2 cutouts of ../shared/data/gz2_real_samples and a synthetic
+  3. classify the three real GZ2 cutouts of data/gz2_real_samples and a synthetic
      galaxy over HTTP, and print the answers next to the known classes;
   4. stop the service (unless --keep-serving).
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,13 +24,11 @@ import uuid
 from pathlib import Path
 
 from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.paths import REAL_SAMPLE_IMAGES, REAL_SAMPLE_LABELS
+from galaxyvit.store import tag
 from serving.cli import ServerNotReady, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GALAXYVIT_SHARED", ROOT.parent / "shared"))
-REAL_SAMPLES = SHARED / "data" / "gz2_real_samples" / "images"
-# Known classes of the real samples (Hart et al. 2016 rows in ../shared/data/gz2_real_samples).
-REAL_LABELS = {"106587.jpg": 5, "16126.jpg": 7, "91609.jpg": 3}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,15 +54,9 @@ def galaxyvit(*args: str) -> None:
 
 
 def model_registered(name: str) -> bool:
-    import bentoml
+    from galaxyvit.store import is_registered
 
-    from serving.config import MODEL_TAG_PREFIX, model_store
-
-    try:
-        bentoml.models.get(f"{MODEL_TAG_PREFIX}{name}:latest", _model_store=model_store())
-        return True
-    except bentoml.exceptions.NotFound:
-        return False
+    return is_registered(name)
 
 
 def classify(url: str, files: list[Path], model: str) -> list[dict]:
@@ -91,8 +82,12 @@ def classify(url: str, files: list[Path], model: str) -> list[dict]:
 
 
 def sample_images(dataset: Path) -> list[tuple[Path, int | None]]:
-    """The real GZ2 cutouts (when ../shared is there) and the first synthetic test galaxy."""
-    samples = [(REAL_SAMPLES / name, label) for name, label in REAL_LABELS.items() if (REAL_SAMPLES / name).is_file()]
+    """The real GZ2 cutouts  and the first synthetic test galaxy."""
+    samples = [
+        (REAL_SAMPLE_IMAGES / name, label)
+        for name, label in REAL_SAMPLE_LABELS.items()
+        if (REAL_SAMPLE_IMAGES / name).is_file()
+    ]
     with open(dataset / "gz2_test.csv") as f:
         first = next(csv.DictReader(f))
     samples.append((dataset / "images" / f"{first['galaxyID']}.jpg", int(first["label1"])))
@@ -109,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         )  # fmt: skip
         galaxyvit("export", str(out / "best.pt"), "--name", args.name, "--valid-data", str(dataset))
     else:
-        print(f"model galaxyvit-{args.name} is registered: skipping training (--retrain to redo it)")
+        print(f"model {tag(args.name)} is registered: skipping training (--retrain to redo it)")
         if not (dataset / "gz2_test.csv").is_file():
             galaxyvit("synth", "--n", str(args.n), "--out", str(dataset))
 
@@ -124,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(f"demo: {exc}") from None
         samples = sample_images(dataset)
         predictions = classify(url, [path for path, _ in samples], args.name)
-        print(f"\nPredictions of galaxyvit-{args.name} over HTTP ({url}/classify):")
+        print(f"\nPredictions of {tag(args.name)} over HTTP ({url}/classify):")
         print(f"{'image':<34} {'known class':<24} {'predicted':<24} {'p':>5}")
         for (path, label), pred in zip(samples, predictions, strict=True):
             known = CLASS_NAMES[label] if label is not None else "?"
@@ -133,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
                 if isinstance(pred["probabilities"], dict)
                 else max(pred["probabilities"])
             )
-            source = "real GZ2 " if path.parent == REAL_SAMPLES else "synthetic "
+            source = "real GZ2 " if path.parent == REAL_SAMPLE_IMAGES else "synthetic "
             print(f"{source + path.name:<34} {known:<24} {pred['class_name']:<24} {p:5.2f}")
         print(
             "\nThe demo model saw only synthetic galaxies for a few epochs: expect it to get most real GZ2 cutouts\n"

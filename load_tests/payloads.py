@@ -8,19 +8,19 @@ without importing Locust, whose import monkey-patches the whole process for geve
 from __future__ import annotations
 
 import io
-import os
 from functools import lru_cache
 from pathlib import Path
 
+from galaxyvit.paths import REAL_SAMPLE_IMAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GALAXYVIT_SHARED", ROOT.parent / "shared"))
-REAL_IMAGES = SHARED / "data" / "gz2_real_samples" / "images"
+REAL_IMAGES = REAL_SAMPLE_IMAGES
 N_SYNTHETIC = 13  # with the 3 real samples: a pool of 16 images, every class at least once
 
 
 @lru_cache(maxsize=1)
 def image_pool() -> tuple[bytes, ...]:
-    """JPEG bytes, read or encoded once per process: the real samples (when ../shared is there), then synthetic ones."""
+    """JPEG bytes, read or encoded once per process: the real samples , then synthetic ones."""
     import numpy as np
     from PIL import Image
 

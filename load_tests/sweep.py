@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from galaxyvit.store import default_home as bentoml_home
 from load_tests.report import Point, machine, write
-from serving.config import bentoml_home
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_CONCURRENCY = 256
@@ -328,14 +328,13 @@ def engine_settings(args: argparse.Namespace) -> tuple[int, str, str, bool]:
 
 def open_engine(model: str, info: dict, args: argparse.Namespace):
     """The model's ONNX Runtime session as the service opens it (load_tests/engine.py), or None when not comparable."""
-    import bentoml
 
+    from galaxyvit.store import stored_model_dir
     from load_tests.engine import Engine
     from load_tests.payloads import image_pool
-    from serving.config import MODEL_TAG_PREFIX, model_store
 
     threads, variant, device, spinning = engine_settings(args)
-    model_dir = bentoml.models.get(f"{MODEL_TAG_PREFIX}{model}:latest", _model_store=model_store()).path
+    model_dir = stored_model_dir(model)
     engine = Engine(model, model_dir, image_pool(), variant, device, threads, spinning)
     if info.get("sha256") and info["sha256"] != engine.sha256:
         print(
@@ -402,7 +401,7 @@ def sweep(args: argparse.Namespace) -> int:
         if unknown:
             raise LoadTestError(f"model(s) {', '.join(unknown)} not served; served: {', '.join(served)}")
     else:
-        from serving.config import discover_models
+        from galaxyvit.store import discover_models
 
         registered = discover_models()
         if not registered:

@@ -35,7 +35,7 @@ SYNTHETIC_RUNS = {"vit": "vit-102721", "linformer": "linformer-010522", "vitbase
 
 
 def registered_models() -> list[str]:
-    from serving.config import discover_models
+    from galaxyvit.store import discover_models
 
     return discover_models()
 

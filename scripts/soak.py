@@ -31,13 +31,15 @@ import numpy as np
 from astropy.io import fits
 from PIL import Image
 
+from galaxyvit.paths import REAL_SAMPLE_IMAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from reliability_tools import Sample, hammer, percentiles, tree_rss, worker_pids  # noqa: E402
 from serving_fixtures import MODEL_NAMES, Server, build_tiny_models  # noqa: E402
 
-REAL_SAMPLES = ROOT.parent / "shared" / "data" / "gz2_real_samples" / "images"
+REAL_SAMPLES = REAL_SAMPLE_IMAGES
 RSS_TARGET = 0.05
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 ENV_PREFIX = "GALAXYVIT_"
 CONFIG_ENV = "GALAXYVIT_SERVING_CONFIG"
-MODEL_TAG_PREFIX = "galaxyvit-"
 
 
 @dataclass
@@ -46,10 +45,6 @@ class ServingConfig:
     inference_workers: int = 1  # ONNX Runtime worker processes
     store_size: int = 10_000  # recent predictions kept for /feedback
     store_dir: str = ""  # sqlite prediction store folder; empty: a folder in the system temp dir
-
-    @property
-    def model_tags(self) -> list[str]:
-        return [f"{MODEL_TAG_PREFIX}{name}:latest" for name in self.models]
 
 
 def _parse(value: str, kind: type) -> object:
@@ -92,25 +87,3 @@ def load_config(env: dict[str, str] | None = None) -> ServingConfig:
     if config.max_images > config.max_batch_size:
         raise ValueError(f"max_images ({config.max_images}) must not exceed max_batch_size ({config.max_batch_size})")
     return config
-
-
-def bentoml_home() -> Path:
-    """BENTOML_HOME as it is *now* (BentoML itself caches its home on first use), else ~/bentoml."""
-    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
-
-
-def model_store():
-    """BentoML's ModelStore of the current BENTOML_HOME (pass as `_model_store=` to bentoml.models.*)."""
-    from bentoml._internal.models import ModelStore
-
-    models = bentoml_home() / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    return ModelStore(str(models))
-
-
-def discover_models() -> list[str]:
-    """Served names of every `galaxyvit-<name>` model in the BentoML model store (sorted)."""
-    import bentoml
-
-    stored = bentoml.models.list(_model_store=model_store())
-    return sorted({m.tag.name[len(MODEL_TAG_PREFIX) :] for m in stored if m.tag.name.startswith(MODEL_TAG_PREFIX)})

@@ -40,8 +40,9 @@ from starlette.routing import Route
 from galaxyvit.card import CardError, IntegrityError, ModelCard, card_path, load_card, load_verified
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.preprocess import eval_crop, normalize
+from galaxyvit.store import discover_models, stored_model_dir, tag
 from serving.bentoml_patches import bound_metric_labels, hold_sigterm_while_api_workers_run, stop_workers_before_cleanup
-from serving.config import MODEL_TAG_PREFIX, discover_models, load_config
+from serving.config import load_config
 from serving.decode import InputError, check_content_type, decode_image
 
 logger = logging.getLogger("galaxyvit.serving")
@@ -65,7 +66,7 @@ def verify_artifacts(names: list[str], variant: str) -> None:
     clear error, instead of an inference worker that fails, restarts forever and never turns ready.
     """
     for name in names:
-        model_dir = bentoml.models.get(f"{MODEL_TAG_PREFIX}{name}:latest").path
+        model_dir = stored_model_dir(name)
         try:
             load_verified(model_dir, variant)
         except (CardError, IntegrityError) as exc:
@@ -146,7 +147,7 @@ stop_workers_before_cleanup()
 bound_metric_labels()
 
 for _name in SERVED:
-    setattr(_GalaxyModels, _attr(_name), bentoml.models.BentoModel(f"{MODEL_TAG_PREFIX}{_name}:latest"))
+    setattr(_GalaxyModels, _attr(_name), bentoml.models.BentoModel(tag(_name)))
 
 GalaxyModels = bentoml.service(
     name="galaxyvit_models",
@@ -210,9 +211,7 @@ class _GalaxyClassifier:
         self.metrics = get_metrics()
         self.cards: dict[str, ModelCard] = {}
         for name in SERVED:
-            self.cards[name] = load_card(
-                card_path(bentoml.models.get(f"{MODEL_TAG_PREFIX}{name}:latest").path, CONFIG.variant)
-            )
+            self.cards[name] = load_card(card_path(stored_model_dir(name), CONFIG.variant))
         store_dir = Path(CONFIG.store_dir or multiprocess_dir() or tempfile.mkdtemp(prefix="galaxyvit-"))
         self.store = PredictionStore(store_dir / "galaxyvit-predictions.sqlite", CONFIG.store_size)
         self._describe: dict[str, Any] | None = None

@@ -1,18 +1,13 @@
-"""Shared test settings: offline Hugging Face, few threads, and where ../shared lives."""
+"""Shared test settings: offline Hugging Face, few threads; the data the repository carries (data/)."""
 
 import os
 from pathlib import Path
-
-import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GALAXYVIT_SHARED", ROOT.parent / "shared"))
-GZ2_SPLITS = SHARED / "data" / "gz2_splits"
-REAL_SAMPLES = SHARED / "data" / "gz2_real_samples"
-SEED_RUNS = SHARED / "reference" / "seed_runs.md"
+from galaxyvit.paths import GZ2_SPLITS, REAL_SAMPLES, SEED_RUNS  # noqa: E402, F401
 
 
 def _torch_threads() -> None:
@@ -24,13 +19,6 @@ def _torch_threads() -> None:
 
 
 _torch_threads()
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the tests need the project's ../shared folder")
-    return SHARED
 
 
 # Serving fixtures (tests/serving_fixtures.py) for every module that does not import its own copy:

@@ -13,6 +13,7 @@ from PIL import Image
 from tiny_galaxies import HEADER, galaxy_image, write_three_class_folder, write_tiny_dataset
 
 from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_array, preprocessing_for
 from training.data import (
     BadImages,
@@ -91,8 +92,8 @@ def test_limit_caps_every_split(tiny):
         load_data(DataConfig(kind="gz2"))
 
 
-def test_real_gz2_samples_load_through_the_gz2_path(shared_dir, tmp_path):
-    images = shared_dir / "data" / "gz2_real_samples" / "images"
+def test_real_gz2_samples_load_through_the_gz2_path(tmp_path):
+    images = REAL_SAMPLE_IMAGES
     ids = sorted(p.stem for p in images.glob("*.jpg"))
     assert len(ids) == 3
     for split, label in (("train", 5), ("valid", 3), ("test", 0)):

@@ -16,7 +16,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "Predictions of galaxyvit-tinydemo over HTTP" in out
+    assert "Predictions of galaxyvit-tinydemo:latest over HTTP" in out
     for name in ("106587.jpg", "16126.jpg", "91609.jpg"):
         assert f"real GZ2 {name}" in out
     assert "synthetic " in out

@@ -12,7 +12,8 @@ from transformers import ViTConfig
 from galaxyvit.card import CardError, IntegrityError, load_card, load_verified
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.cli import main as cli_main
-from serving.config import model_store
+from galaxyvit.paths import REAL_SAMPLE_IMAGES
+from galaxyvit.store import model_store, tag
 from training import export
 from training.checkpoint import save_model
 from training.export import ExportError, export_checkpoint, ort_session
@@ -68,7 +69,7 @@ def bentoml_home(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("run_id", ["vit-110321", "linformer-010522", "vitbase-121121"])
-def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_path, bentoml_home, shared_dir):
+def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_path, bentoml_home):
     (card,) = export_checkpoint(checkpoints[run_id], out_root=tmp_path / "models", valid_dir=valid_dir, quiet=True)
     model_dir = tmp_path / "models" / run_id
     assert sorted(p.name for p in model_dir.iterdir()) == ["fp32.card.json", "fp32.onnx"]  # self-contained
@@ -81,7 +82,7 @@ def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_
     assert parity["provider"] == "CPUExecutionProvider"
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["top1_agreement"] == 1.0
     assert parity["n_random"] > 0 and parity["n_valid"] > 0
-    assert parity["n_real"] == len(list((shared_dir / "data" / "gz2_real_samples" / "images").glob("*.jpg"))) > 0
+    assert parity["n_real"] == len(list((REAL_SAMPLE_IMAGES).glob("*.jpg"))) > 0
     assert parity["onnx_valid_acc"] == parity["torch_valid_acc"]
 
     # dynamic batch axis, names, and the same logits as PyTorch at another batch size
@@ -99,8 +100,8 @@ def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_
 
     import bentoml
 
-    registered = bentoml.models.get(f"galaxyvit-{run_id}:latest", _model_store=model_store())
-    assert str(registered.tag) == f"galaxyvit-{run_id}:{card.version}"
+    registered = bentoml.models.get(tag(run_id), _model_store=model_store())
+    assert str(registered.tag) == tag(run_id, card.version)
     assert registered.info.labels["family"] == card.family and registered.info.labels["run_id"] == run_id
     assert registered.info.metadata["sha256"] == card.sha256
     load_verified(registered.path, "fp32")  # the store copy is complete and intact

@@ -4,6 +4,7 @@ import re
 import pytest
 
 from galaxyvit.cli import main as cli_main
+from galaxyvit.paths import GZ2_SPLITS
 from tests.conftest import SEED_RUNS
 from training import class_weights
 from training.models import run_params
@@ -105,11 +106,11 @@ def test_runs_table_cli(capsys):
     assert "6,953,992" in out and " !" not in out
 
 
-def test_inverse_frequency_matches_study_on_gz2_train(shared_dir):
+def test_inverse_frequency_matches_study_on_gz2_train():
     import csv
     from collections import Counter
 
-    with open(shared_dir / "data" / "gz2_splits" / "gz2_train.csv") as f:
+    with open(GZ2_SPLITS / "gz2_train.csv") as f:
         counts = Counter(int(row["label1"]) for row in csv.DictReader(f))
     weights = class_weights.resolve("inverse_frequency", [counts[c] for c in range(8)])
     assert [round(w, 2) for w in weights] == list(class_weights.PRESETS["study_inverse"])

@@ -38,7 +38,7 @@ def png(image: Image.Image) -> bytes:
 @pytest.fixture(scope="module")
 def samples() -> list[tuple[str, bytes]]:
     """(filename, bytes): the 3 real GZ2 cutouts, 2 synthetic galaxies, a random-noise image and an odd-sized PNG."""
-    assert len(REAL) == 3, "the 3 real GZ2 samples are missing from ../shared"
+    assert len(REAL) == 3, "the 3 real GZ2 samples are missing from data/gz2_real_samples"
     rng = np.random.default_rng(0)
     items = [(p.name, p.read_bytes()) for p in REAL]
     items += [(f"synthetic{k}.jpg", jpeg(galaxy_image(k, rng))) for k in (1, 4)]

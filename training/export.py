@@ -7,7 +7,7 @@ Every variant is written to models/<name>/<variant>.onnx with <variant>.card.jso
 then the folder is imported into the BentoML model store as `galaxyvit-<name>` (BENTOML_HOME).
 
 Parity gate: ONNX Runtime and PyTorch run the same inputs (random images, the real GZ2 samples in
-../shared/data/gz2_real_samples/images and, with --valid-data, the validation split). fp32 must agree
+data/gz2_real_samples/images and, with --valid-data, the validation split). fp32 must agree
 to max |logit difference| <= 1e-4 with identical top-1 on every input, or the export fails and nothing
 is written or registered. int8 (dynamic quantisation, for CPU) and fp16 (for GPU) record their logit
 drift and validation-accuracy change; one that loses more than 0.5 point of validation accuracy is
@@ -40,8 +40,9 @@ from tqdm import tqdm
 
 from galaxyvit.card import VARIANTS, ModelCard, load_card, load_verified, sha256_file
 from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import Preprocessing, eval_array
-from serving.config import bentoml_home, model_store
+from galaxyvit.store import default_home, register_model
 from training.checkpoint import CheckpointError, model_from_checkpoint
 from training.onnx_graph import export_ready
 
@@ -52,8 +53,7 @@ MAX_ACC_DROP = 0.005  # quantised variants: largest allowed validation-accuracy 
 N_RANDOM = 8  # random parity images
 DEFAULT_MAX_VALID = 512  # validation images used for the gate (the first N of the split)
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GALAXYVIT_SHARED", ROOT.parent / "shared"))
-REAL_SAMPLES = SHARED / "data" / "gz2_real_samples" / "images"
+REAL_SAMPLES = REAL_SAMPLE_IMAGES
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 
@@ -282,36 +282,6 @@ def metrics_beside(checkpoint: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _metadata_value(value):
-    """BentoML metadata allows str/int/float/bool, lists and dicts of them; no None."""
-    if isinstance(value, dict):
-        return {str(k): _metadata_value(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_metadata_value(v) for v in value]
-    return "" if value is None else value
-
-
-def register_model(model_dir: Path, cards: list[ModelCard]) -> str:
-    """Import models/<name>/ into the BentoML model store; returns the tag (galaxyvit-<name>:<version>)."""
-    import bentoml
-
-    fp32 = next(c for c in cards if c.variant == "fp32")
-    labels = {
-        "family": fp32.family,
-        "run_id": fp32.run_id.lower(),
-        "variants": "-".join(c.variant for c in cards),
-        "source": "galaxyvit-export",
-    }
-    tag = f"galaxyvit-{fp32.name}:{fp32.version}"
-    with bentoml.models.create(
-        tag, labels=labels, metadata=_metadata_value(fp32.to_dict()), _model_store=model_store()
-    ) as bento_model:
-        for card in cards:
-            shutil.copy2(model_dir / card.onnx_file, Path(bento_model.path) / card.onnx_file)
-            shutil.copy2(model_dir / f"{card.variant}.card.json", Path(bento_model.path) / f"{card.variant}.card.json")
-    return str(bento_model.tag)
-
-
 # --------------------------------------------------------------------------- main API
 
 
@@ -322,6 +292,7 @@ def export_checkpoint(
     variants: tuple[str, ...] | list[str] = ("fp32",),
     valid_dir: str | Path | None = None,
     register: bool = True,
+    home: Path | None = None,
     samples_dir: str | Path | None = REAL_SAMPLES,
     max_valid: int = DEFAULT_MAX_VALID,
     quiet: bool = False,
@@ -355,7 +326,7 @@ def export_checkpoint(
 
     inputs = gate_inputs(prep, valid_dir, samples_dir, max_valid)
     if not inputs.kinds.count("real"):
-        say(f"warning: no real sample images in {samples_dir} (set GALAXYVIT_SHARED or pass samples_dir)")
+        say(f"warning: no real sample images in {samples_dir} (pass samples_dir)")
     say(
         f"parity inputs: {inputs.kinds.count('random')} random, {inputs.kinds.count('real')} real samples, "
         f"{inputs.kinds.count('valid')} validation images"
@@ -437,8 +408,8 @@ def export_checkpoint(
         os.mkdir(tmp_dir)  # TemporaryDirectory cleans up the (now empty) path on exit
     say(f"wrote {final}/ ({', '.join(c.onnx_file for c in cards)})")
     if register:
-        tag = register_model(final, cards)
-        say(f"registered {tag} in the BentoML model store ({bentoml_home() / 'models'})")
+        tag = register_model(final, home)
+        say(f"registered {tag} in the BentoML model store ({(home or default_home()) / 'models'})")
     return cards
 
 
