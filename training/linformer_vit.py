@@ -1,7 +1,11 @@
 """Linformer-ViT: the ViT shell of training/vit.py around `linformer.Linformer` (Wang et al. 2020).
 
-As in vit-pytorch's `efficient.ViT`, which the study used: no embedding dropout, and the
-Linformer's own feed-forward (4x dim) replaces the MLP, so `mlp_dim` plays no part.
+As in 2021 vit-pytorch's `efficient.ViT`, which the study used: no embedding dropout, and the
+Linformer's own feed-forward (4x dim) replaces the MLP, so `mlp_dim` plays no part. The shell adds
+no dropout of its own; the run's `dropout` goes to the linformer package (its attention weights,
+feed-forward), whose internals are the package's, as they were for the study. `state_dict()` keys
+are the 2021 `efficient.ViT` ones: `to_patch_embedding.1.*`, `pos_embedding`, `cls_token`,
+`transformer.<the Linformer's own keys>`, `mlp_head.0.*`, `mlp_head.1.*`.
 """
 
 from __future__ import annotations

@@ -100,14 +100,16 @@ def _linear_from(weight: torch.Tensor) -> nn.Linear:
 class ConvPatchEmbedding(nn.Module):
     """training.vit.PatchEmbedding as a strided Conv2d: (B, C, H, W) -> (B, N, dim), same weights."""
 
-    def __init__(self, embed: PatchEmbedding, channels: int):
+    def __init__(self, embed: PatchEmbedding):
         super().__init__()
-        p, dim = embed.patch_size, embed.linear.out_features
+        linear = embed[1]
+        p, dim = embed.patch_size, linear.out_features
+        channels = linear.in_features // (p * p)
         self.conv = nn.Conv2d(channels, dim, kernel_size=p, stride=p)
         with torch.no_grad():
             # Linear input order is (p1, p2, c) (see patchify); Conv2d wants (c, p1, p2)
-            self.conv.weight.copy_(embed.linear.weight.reshape(dim, p, p, channels).permute(0, 3, 1, 2))
-            self.conv.bias.copy_(embed.linear.bias)
+            self.conv.weight.copy_(linear.weight.reshape(dim, p, p, channels).permute(0, 3, 1, 2))
+            self.conv.bias.copy_(linear.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.conv(images).flatten(2).transpose(1, 2)
@@ -123,6 +125,5 @@ def export_ready(model: nn.Module) -> nn.Module:
             elif isinstance(child, Attention):
                 setattr(module, name, SplitQKVAttention(child))
             elif isinstance(child, PatchEmbedding):
-                channels = child.linear.in_features // (child.patch_size**2)
-                setattr(module, name, ConvPatchEmbedding(child, channels))
+                setattr(module, name, ConvPatchEmbedding(child))
     return model

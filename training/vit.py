@@ -1,8 +1,18 @@
 """ViT in the 2021 vit-pytorch layout (Dosovitskiy et al.), as trained from scratch in the study.
 
-Patch flatten + one Linear, a cls token, a learned position embedding, pre-norm blocks
-(to_qkv without bias, output Linear with bias, dim_head 64, GELU MLP), no final norm,
-and a LayerNorm + Linear head. Parameter names match vit-pytorch, so its weights load here.
+The study used vit-pytorch 0.19-0.26 (runs from October 2021 to January 2022): patch flatten + one
+Linear, a cls token, a learned position embedding, pre-norm blocks (to_qkv without bias, output
+Linear with bias, dim_head 64, GELU MLP), no final norm, and a LayerNorm + Linear head.
+
+Training mode matches that version too: dropout after the attention output projection, in the
+feed-forward and on the embeddings, but none on the attention weights (vit-pytorch added that in
+0.30.0, March 2022, after the study).
+
+`state_dict()` keys are those of 2021 `vit_pytorch.vit.ViT` (and `vit_pytorch.efficient.ViT` for the
+Linformer shell), so a checkpoint saved by the study's notebooks loads with `load_state_dict`:
+  to_patch_embedding.1.{weight,bias}, pos_embedding, cls_token,
+  transformer.layers.<i>.0.norm.*, .0.fn.to_qkv.weight, .0.fn.to_out.0.*,
+  transformer.layers.<i>.1.norm.*, .1.fn.net.0.*, .1.fn.net.3.*, mlp_head.0.*, mlp_head.1.*
 """
 
 from __future__ import annotations
@@ -20,14 +30,30 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-class PatchEmbedding(nn.Module):
-    def __init__(self, patch_size: int, channels: int, dim: int):
+class Patchify(nn.Module):
+    def __init__(self, patch_size: int):
         super().__init__()
         self.patch_size = patch_size
-        self.linear = nn.Linear(channels * patch_size * patch_size, dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.linear(patchify(images, self.patch_size))
+        return patchify(images, self.patch_size)
+
+
+class PatchEmbedding(nn.Sequential):
+    """Patchify then Linear, as 2021 vit-pytorch's Sequential(Rearrange, Linear): keys `1.weight`, `1.bias`."""
+
+    def __init__(self, patch_size: int, channels: int, dim: int):
+        super().__init__(Patchify(patch_size), nn.Linear(channels * patch_size * patch_size, dim))
+        self.patch_size = patch_size
+        self.register_load_state_dict_pre_hook(_rename_earlier_linear_keys)
+
+
+def _rename_earlier_linear_keys(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written by earlier versions of this file named the Linear `linear`; load them too."""
+    for name in ("weight", "bias"):
+        old = f"{prefix}linear.{name}"
+        if old in state_dict:
+            state_dict[f"{prefix}1.{name}"] = state_dict.pop(old)
 
 
 class PreNorm(nn.Module):
@@ -56,7 +82,6 @@ class Attention(nn.Module):
         super().__init__()
         inner_dim = dim_head * heads
         self.heads = heads
-        self.dropout = dropout
         self.to_qkv = nn.Linear(dim, inner_dim * 3, bias=False)
         project_out = not (heads == 1 and dim_head == dim)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, dim), nn.Dropout(dropout)) if project_out else nn.Identity()
@@ -64,7 +89,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(q, k, v)  # no dropout on the attention weights (2021)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
