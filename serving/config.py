@@ -9,7 +9,9 @@ in the working directory, if present).
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,31 +22,65 @@ CONFIG_ENV = "GALAXYVIT_SERVING_CONFIG"
 
 @dataclass
 class ServingConfig:
-    """Everything the service lets an operator tune. Defaults suit a small CPU box."""
+    """Everything the service lets an operator tune. Defaults suit a small CPU box.
 
-    models: list[str] = field(default_factory=list)  # served names; empty: every galaxyvit-* model in the store
-    default_model: str = ""  # empty: the first of `models`
-    variant: str = "fp32"  # which exported variant to load (fp32, int8, fp16)
-    device: str = "auto"  # auto (CUDA when usable, else CPU), cuda, cpu
-    intra_op_threads: int = 0  # ONNX Runtime threads per session; 0: CPU cores / inference workers
-    # ONNX Runtime's threads busy-wait for work between operators and calls. Off by default: on a CPU box
-    # they would burn the cores the API workers decode on (load test, linformer at concurrency 4: 24 -> 13
-    # core-ms of the inference process per image, 64 -> 87 images/s). Turn on for an inference-only box.
-    intra_op_spinning: bool = False
-    max_batch_size: int = 32  # adaptive batching: most images per ONNX Runtime call
-    # adaptive batching: latency budget; BentoML answers 503 when it cannot be met. 10 s suits a CPU box, where
-    # a second of queued work is normal at concurrency 16 (load-test sweep); lower it on a GPU.
-    max_latency_ms: int = 10_000
-    max_upload_bytes: int = 10 * 1024 * 1024  # whole request body
-    max_pixels: int = 4096 * 4096  # per image, checked before decoding (decompression bombs)
-    max_images: int = 16  # images per /classify request
-    max_concurrency: int = 64  # in-flight requests per API worker before 429 + Retry-After
-    timeout_s: int = 30  # BentoML traffic timeout per request
-    retry_after_s: int = 1  # Retry-After seconds on 429/503
-    workers: int = 1  # API (decode + preprocess) worker processes
-    inference_workers: int = 1  # ONNX Runtime worker processes
-    store_size: int = 10_000  # recent predictions kept for /feedback
-    store_dir: str = ""  # sqlite prediction store folder; empty: a folder in the system temp dir
+    Each field's `help` is its one description: docs/serving.md's settings table is generated from it
+    (`python -m serving.config --write docs/serving.md`).
+    """
+
+    models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "served model names, comma-separated; empty: every galaxyvit-* model in the store"},
+    )
+    default_model: str = field(
+        default="", metadata={"help": "model used when a request names none; empty: the first of `models`"}
+    )
+    variant: str = field(default="fp32", metadata={"help": "which exported variant to load: fp32, int8 or fp16"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when usable, else CPU), cuda or cpu"})
+    intra_op_threads: int = field(
+        default=0, metadata={"help": "ONNX Runtime threads per session; 0: CPU cores / `inference_workers`"}
+    )
+    intra_op_spinning: bool = field(
+        default=False,
+        metadata={
+            "help": "let ONNX Runtime's threads busy-wait for work between operators and calls. Off by default: "
+            "on a CPU box they would burn the cores the API workers decode on (load test, linformer at "
+            "concurrency 4: 24 -> 13 core-ms of the inference process per image, 64 -> 87 images/s). "
+            "Turn on for an inference-only box"
+        },
+    )
+    max_batch_size: int = field(
+        default=32, metadata={"help": "adaptive batching: most images per ONNX Runtime call (at least 2)"}
+    )
+    max_latency_ms: int = field(
+        default=10_000,
+        metadata={
+            "help": "adaptive batching: latency budget; BentoML answers 503 when it cannot be met. 10 s suits a "
+            "CPU box, where a second of queued work is normal at concurrency 16 (load-test sweep); lower it on a GPU"
+        },
+    )
+    max_upload_bytes: int = field(
+        default=10 * 1024 * 1024, metadata={"help": "whole request body (10 MiB), refused from Content-Length"}
+    )
+    max_pixels: int = field(
+        default=4096 * 4096, metadata={"help": "pixels per image, checked before decoding (decompression bombs)"}
+    )
+    max_images: int = field(default=16, metadata={"help": "images per /classify request; at most `max_batch_size`"})
+    max_concurrency: int = field(
+        default=64, metadata={"help": "in-flight requests per API worker before 429 + Retry-After"}
+    )
+    timeout_s: int = field(default=30, metadata={"help": "BentoML traffic timeout per request"})
+    retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds on 429 and 503"})
+    workers: int = field(default=1, metadata={"help": "API (decode + preprocess) worker processes"})
+    inference_workers: int = field(default=1, metadata={"help": "ONNX Runtime worker processes"})
+    store_size: int = field(default=10_000, metadata={"help": "recent predictions kept for /feedback"})
+    store_dir: str = field(
+        default="",
+        metadata={
+            "help": "sqlite prediction store folder; empty: the server's Prometheus multiprocess folder (shared "
+            "by the API workers), else a new folder in the system temp dir"
+        },
+    )
 
 
 def _parse(value: str, kind: type) -> object:
@@ -87,3 +123,49 @@ def load_config(env: dict[str, str] | None = None) -> ServingConfig:
     if config.max_images > config.max_batch_size:
         raise ValueError(f"max_images ({config.max_images}) must not exceed max_batch_size ({config.max_batch_size})")
     return config
+
+
+TABLE_START = "<!-- settings table: generated from serving.config.ServingConfig; do not edit by hand -->"
+TABLE_END = "<!-- end of settings table -->"
+
+
+def _default_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if value in ("", []):
+        return "empty"
+    return f"`{value}`"
+
+
+def settings_markdown() -> str:
+    """The settings as a markdown table: name, type, default, environment variable, description."""
+    defaults = ServingConfig()
+    lines = ["| setting | type | default | environment variable | description |", "| --- | --- | --- | --- | --- |"]
+    for setting in fields(ServingConfig):
+        default = _default_text(getattr(defaults, setting.name))
+        description = setting.metadata["help"].replace("|", "\\|")
+        variable = ENV_PREFIX + setting.name.upper()
+        lines.append(f"| `{setting.name}` | `{setting.type}` | {default} | `{variable}` | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def with_settings_table(doc: str) -> str:
+    """`doc` with the text between TABLE_START and TABLE_END replaced by the current settings table."""
+    start, end = doc.index(TABLE_START) + len(TABLE_START), doc.index(TABLE_END)
+    return doc[:start] + "\n" + settings_markdown() + doc[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.config", description="Document the serving settings.")
+    parser.add_argument("--markdown", action="store_true", help="print the settings as a markdown table")
+    parser.add_argument("--write", type=Path, metavar="DOC", help="regenerate the table between the markers of DOC")
+    args = parser.parse_args(argv)
+    if args.write:
+        args.write.write_text(with_settings_table(args.write.read_text()))
+    if args.markdown or not args.write:
+        print(settings_markdown(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
