@@ -56,9 +56,16 @@ def imports_in(source: str, package: str, filename: str = "<source>") -> set[str
         elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("importlib.import_module", "__import__"):
             if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 found.add(node.args[0].value)
-        elif isinstance(node, ast.List | ast.Tuple):  # a command line: [python, "-m", "module", ...]
+    return found | dash_m_modules(source)  # child processes: [python, "-m", "module", ...]
+
+
+def dash_m_modules(source: str) -> set[str]:
+    """The modules `source` runs as `python -m MODULE` (a list or tuple literal holding "-m", "MODULE")."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.List | ast.Tuple):
             values = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
-            found.update(str(v) for k, v in zip(values, values[1:]) if k == "-m" and isinstance(v, str))
+            found.update(v for k, v in zip(values, values[1:]) if k == "-m" and isinstance(v, str))
     return found
 
 
@@ -107,6 +114,18 @@ def test_the_core_imports_nothing_above_it():
         for path in project_files(("galaxyvit",))
     }
     assert {file: modules for file, modules in offenders.items() if modules} == {}
+
+
+def test_every_module_run_with_dash_m_can_run():
+    """`python -m X` of a project module needs X.py or X/__main__.py (e.g. the command line is `-m app`)."""
+    missing = []
+    for path in project_files():
+        for module in sorted(dash_m_modules(path.read_text())):
+            target = ROOT / module.replace(".", "/")
+            runnable = target.with_suffix(".py").is_file() or (target / "__main__.py").is_file()
+            if layer_of(module) is not None and not runnable:
+                missing.append(f"{path.relative_to(ROOT)} runs `python -m {module}`, which cannot run")
+    assert missing == []
 
 
 def test_no_module_is_longer_than_350_lines():
