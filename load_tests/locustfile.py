@@ -17,7 +17,8 @@ import random
 
 from locust import FastHttpUser, constant, events, task
 
-from load_tests.payloads import image_pool, multipart
+from load_tests.payloads import image_pool
+from serving.client import multipart
 
 MODEL_ENV = "GALAXYVIT_LOADTEST_MODEL"
 IMAGES_ENV = "GALAXYVIT_LOADTEST_IMAGES"

@@ -1,5 +1,5 @@
-"""What the load test sends: an image pool (the real GZ2 samples plus synthetic galaxies, as JPEG bytes)
-and multipart bodies.
+"""What the load test sends: an image pool (the real GZ2 samples plus synthetic galaxies, as JPEG bytes).
+Multipart bodies come from serving.client.multipart.
 
 Kept apart from the locustfile so that the sweep, the engine yardstick and the tests use them
 without importing Locust, whose import monkey-patches the whole process for gevent.
@@ -33,16 +33,3 @@ def image_pool() -> tuple[bytes, ...]:
         Image.fromarray(render_galaxy(i % 8, rng)).save(buffer, format="JPEG", quality=90)
         pool.append(buffer.getvalue())
     return tuple(pool)
-
-
-def multipart(images: list[bytes], model: str = "") -> tuple[bytes, str]:
-    """A multipart/form-data body with one `images` file field per image and an optional `model` field."""
-    boundary = "galaxyvit-loadtest-boundary"
-    parts = []
-    for i, image in enumerate(images):
-        head = f'Content-Disposition: form-data; name="images"; filename="g{i}.jpg"\r\nContent-Type: image/jpeg'
-        parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + image + b"\r\n")
-    if model:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode())
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

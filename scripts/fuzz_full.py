@@ -1,14 +1,14 @@
 """Full fuzz run: >= 10,000 hostile requests against a real `bentoml serve` on 127.0.0.1.
 
-The requests come from the same hypothesis strategies as the CI test (tests/fuzz_cases.py): random
+The requests come from the same hypothesis strategies as the CI test (load_tests/fuzz_cases.py): random
 bytes, truncated/corrupted JPEG/PNG/GIF/BMP/TIFF/WebP/FITS, headers claiming zero or enormous sizes,
 odd modes, animated GIFs, decompression bombs, wrong content types, malformed multipart, huge fields,
 unknown models, malformed /feedback JSON. Prints counts by status and by request kind, the number
 of 5xx answers and transport errors, worker restarts, the server's RSS before and after, the duration.
 Exit status 0 only with no 5xx, no transport error and no worker restart.
 
-Without --url it builds three tiny exported models (tests/serving_fixtures.py) in a temporary
-BENTOML_HOME, starts its own server and stops it by PID at the end.
+Without --url it exports three tiny random-weight models (training.random_models) into a temporary
+BentoML home, starts its own server (serving.process.ServerProcess) and stops it by PID at the end.
 
     python scripts/fuzz_full.py                 # 10,000 requests, own server
     python scripts/fuzz_full.py -n 500 --url http://127.0.0.1:3000 --pid 1234
@@ -27,20 +27,19 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, settings
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from load_tests.fuzz_cases import Limits, check_response, fixed_cases, requests
+from load_tests.reliability import tree_rss, worker_pids
+from serving.process import ServerProcess
+from training.random_models import FAMILIES, export_random_models
 
-from fuzz_cases import Limits, check_response, fixed_cases, requests  # noqa: E402
-from reliability_tools import tree_rss, worker_pids  # noqa: E402
-from serving_fixtures import MODEL_NAMES, Server, build_tiny_models  # noqa: E402
-
-SERVER_ENV = {
-    "GALAXYVIT_MODELS": ",".join(MODEL_NAMES),
-    "GALAXYVIT_MAX_IMAGES": "8",
-    "GALAXYVIT_MAX_UPLOAD_BYTES": str(3 * 1024 * 1024),
-    "GALAXYVIT_MAX_PIXELS": str(2000 * 2000),
-    "GALAXYVIT_INTRA_OP_THREADS": "1",
-    "GALAXYVIT_MAX_LATENCY_MS": "50",
+MODEL_NAMES = tuple(FAMILIES)  # vit, linformer, vitbase
+SERVER_SETTINGS = {
+    "models": MODEL_NAMES,
+    "max_images": 8,
+    "max_upload_bytes": 3 * 1024 * 1024,
+    "max_pixels": 2000 * 2000,
+    "intra_op_threads": 1,
+    "max_latency_ms": 50,
 }
 LIMITS = Limits(max_upload_bytes=3 * 1024 * 1024, max_pixels=2000 * 2000, max_images=8, models=MODEL_NAMES)
 
@@ -116,7 +115,7 @@ def fuzz(url: str, pid: int | None, n: int, show: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--requests", type=int, default=10_000, help="generated requests (default 10000)")
-    parser.add_argument("--url", default=None, help="fuzz a running server (its limits must match SERVER_ENV)")
+    parser.add_argument("--url", default=None, help="fuzz a running server (its limits must match SERVER_SETTINGS)")
     parser.add_argument("--pid", type=int, default=None, help="with --url: the server's PID, for RSS and restarts")
     parser.add_argument("--show", type=int, default=20, help="problems to print (default 20)")
     args = parser.parse_args()
@@ -124,13 +123,11 @@ def main() -> int:
         return fuzz(args.url, args.pid, args.requests, args.show)
     with tempfile.TemporaryDirectory(prefix="galaxyvit-fuzz-") as tmp:
         base = Path(tmp)
-        print("building tiny models...", flush=True)
-        build_tiny_models(base / "bentoml_home", base)
-        server = Server(base / "bentoml_home", base / "run", SERVER_ENV)
-        try:
-            return fuzz(server.url, server.process.pid, args.requests, args.show)
-        finally:
-            server.stop()
+        print("exporting tiny models...", flush=True)
+        export_random_models(base, base / "bentoml_home", MODEL_NAMES, tiny=True)
+        store, workdir = base / "bentoml_home", base / "run"
+        with ServerProcess(SERVER_SETTINGS, store=store, workdir=workdir, ready_timeout=180) as server:
+            return fuzz(server.url, server.pid, args.requests, args.show)
 
 
 if __name__ == "__main__":

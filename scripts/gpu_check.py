@@ -5,7 +5,7 @@ On a machine with an NVIDIA GPU (and onnxruntime-gpu able to load CUDA), run fro
     python scripts/gpu_check.py                       # the models registered in BENTOML_HOME
     python scripts/gpu_check.py --synthetic           # export full-size study models with random weights first
 
-It starts `bentoml serve` on 127.0.0.1 with GALAXYVIT_DEVICE=cuda, fails unless every model runs on
+It starts the service (serving.process.ServerProcess) on 127.0.0.1 with device cuda, fails unless every model runs on
 CUDAExecutionProvider, then sends multipart /classify requests of each batch size from a few
 concurrent clients for a fixed time and prints images/s and request latency p50/p99. It stops the
 server by PID and finishes in a few minutes (3 models x 4 batch sizes x --seconds).
@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,37 +26,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-SYNTHETIC_RUNS = {"vit": "vit-102721", "linformer": "linformer-010522", "vitbase": "vitbase-010822B"}
-
-
-def registered_models() -> list[str]:
-    from galaxyvit.store import discover_models
-
-    return discover_models()
-
-
-def export_synthetic(home: Path, work: Path) -> None:
-    """Full-size study architectures with random weights (ViT-Base without hub weights), exported and registered."""
-    import torch
-
-    from training.checkpoint import save_model
-    from training.export import export_checkpoint
-    from training.models import build_model
-    from training.registry import get_run
-
-    torch.manual_seed(0)
-    os.environ["BENTOML_HOME"] = str(home)
-    for name, run_id in SYNTHETIC_RUNS.items():
-        run = get_run(run_id)
-        model = build_model(run, pretrained=False).eval()
-        checkpoint = work / name / "best.pt"
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        save_model(checkpoint, model, run, epoch=0, valid_acc=0.0)
-        export_checkpoint(checkpoint, out_root=work / "models", name=name, quiet=True, max_valid=0)
-        print(f"exported synthetic {name} ({run_id})", flush=True)
+from galaxyvit.store import default_home, discover_models
+from serving.client import multipart
+from serving.process import ServerNotReady, ServerProcess
 
 
 def galaxy_jpeg(seed: int, size: int = 424) -> bytes:
@@ -73,34 +43,15 @@ def galaxy_jpeg(seed: int, size: int = 424) -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, max_batch: int, log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-        "GALAXYVIT_DEVICE": "cuda",
-        "GALAXYVIT_MAX_BATCH_SIZE": str(max_batch * 2),
-        "GALAXYVIT_MAX_IMAGES": str(max_batch),
-        "GALAXYVIT_MAX_LATENCY_MS": "2000",
-        "GALAXYVIT_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
-        "GALAXYVIT_WORKERS": os.environ.get("GALAXYVIT_WORKERS", "4"),  # decoding is the CPU-bound part
-        "BENTOML_DO_NOT_TRACK": "true",
+def server_settings(max_batch: int) -> dict[str, object]:
+    return {
+        "device": "cuda",
+        "max_batch_size": max_batch * 2,
+        "max_images": max_batch,
+        "max_latency_ms": 2000,
+        "max_upload_bytes": 64 * 1024 * 1024,
+        "workers": os.environ.get("GALAXYVIT_WORKERS", "4"),  # decoding is the CPU-bound part
     }
-    bentoml = Path(sys.executable).with_name("bentoml")
-    command = [str(bentoml) if bentoml.exists() else "bentoml", "serve", "serving.service:GalaxyClassifier"]
-    return subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 def measure(url: str, model: str, images: list[bytes], batch: int, seconds: float, clients: int) -> dict:
@@ -111,11 +62,11 @@ def measure(url: str, model: str, images: list[bytes], batch: int, seconds: floa
     stop = time.monotonic() + seconds
 
     def worker(k: int) -> None:
-        files = [("images", (f"{i}.jpg", images[(k + i) % len(images)], "image/jpeg")) for i in range(batch)]
+        body, content_type = multipart([images[(k + i) % len(images)] for i in range(batch)], model)
         with httpx.Client(timeout=120) as client:
             while time.monotonic() < stop:
                 start = time.perf_counter()
-                response = client.post(url + "/classify", files=files, data={"model": model})
+                response = client.post(url + "/classify", content=body, headers={"Content-Type": content_type})
                 elapsed = time.perf_counter() - start
                 with lock:
                     if response.status_code == 200:
@@ -155,20 +106,21 @@ def main() -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="galaxyvit-gpu-check-"))
-    if args.synthetic or not registered_models():
-        print("no galaxyvit-* model registered: exporting synthetic full-size models", flush=True)
-        export_synthetic(work / "bentoml_home", work)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = work / "server.log"
-    process = start_server(port, max(batch_sizes), log)
-    try:
-        from serving.cli import ServerNotReady, wait_ready
+    store = default_home()
+    if args.synthetic or not discover_models(store):
+        from training.random_models import export_random_models
 
-        try:
-            wait_ready(url, process, 300, log)
-        except ServerNotReady as exc:
-            sys.exit(str(exc))
+        print("exporting full-size study models with random weights", flush=True)
+        store = work / "bentoml_home"
+        for family, folder in export_random_models(work, store).items():
+            print(f"exported {family}: {folder}", flush=True)
+    server = ServerProcess(server_settings(max(batch_sizes)), store=store, log=work / "server.log")
+    try:
+        server.start()
+    except ServerNotReady as exc:
+        sys.exit(str(exc))
+    with server:
+        url, log = server.url, server.log
         info = httpx.get(url + "/models", timeout=30).json()
         for m in info["models"]:
             print(f"{m['name']}: {m['family']} {m['params']:,} params, provider {m['provider']} ({m['providers']})")
@@ -188,10 +140,6 @@ def main() -> int:
                     flush=True,
                 )
         return 0
-    finally:
-        from serving.cli import stop_server
-
-        stop_server(process)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ Errors are 5xx answers other than a deliberate 503 with Retry-After, transport e
 reset, timeout) and any unexpected status. Targets: 0 errors, RSS growth < 5% after the warm-up
 (--warmup, default 60 s). Exit status 0 when both are met.
 
-Without --url it builds three tiny exported models (tests/serving_fixtures.py) in a temporary
-BENTOML_HOME and starts its own server (stopped by PID at the end).
+Without --url it exports three tiny random-weight models (training.random_models) into a temporary
+BentoML home and starts its own server (serving.process.ServerProcess, stopped by PID at the end).
 
     python scripts/soak.py --duration 600 --png soak.png
     python scripts/soak.py --duration 60 --url http://127.0.0.1:3000 --pid 1234
@@ -32,14 +32,12 @@ from astropy.io import fits
 from PIL import Image
 
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from reliability_tools import Sample, hammer, percentiles, tree_rss, worker_pids  # noqa: E402
-from serving_fixtures import MODEL_NAMES, Server, build_tiny_models  # noqa: E402
+from load_tests.reliability import Sample, hammer, percentiles, tree_rss, worker_pids
+from serving.process import ServerProcess
+from training.random_models import FAMILIES, export_random_models
 
 REAL_SAMPLES = REAL_SAMPLE_IMAGES
+MODEL_NAMES = tuple(FAMILIES)  # vit, linformer, vitbase
 RSS_TARGET = 0.05
 
 
@@ -213,14 +211,11 @@ def main() -> int:
         return soak(args.url, args.pid, args, models)
     with tempfile.TemporaryDirectory(prefix="galaxyvit-soak-") as tmp:
         base = Path(tmp)
-        print("building tiny models...", flush=True)
-        build_tiny_models(base / "bentoml_home", base)
-        env = {"GALAXYVIT_MODELS": ",".join(MODEL_NAMES), "GALAXYVIT_INTRA_OP_THREADS": "1"}
-        server = Server(base / "bentoml_home", base / "run", env)
-        try:
-            return soak(server.url, server.process.pid, args, models)
-        finally:
-            server.stop()
+        print("exporting tiny models...", flush=True)
+        export_random_models(base, base / "bentoml_home", MODEL_NAMES, tiny=True)
+        settings = {"models": MODEL_NAMES, "intra_op_threads": 1}
+        with ServerProcess(settings, store=base / "bentoml_home", workdir=base / "run", ready_timeout=180) as server:
+            return soak(server.url, server.pid, args, models)
 
 
 if __name__ == "__main__":

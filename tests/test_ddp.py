@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,10 @@ from pathlib import Path
 import torch
 from tiny_galaxies import write_tiny_dataset
 
+from serving.process import free_port
 from training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def history(out: Path) -> list[dict]:
@@ -36,7 +30,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
     launcher += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
     runs = {
-        1: [sys.executable, "-m", "galaxyvit", "train", *args, "--out", str(tmp_path / "one")],
+        1: [sys.executable, "-m", "app", "train", *args, "--out", str(tmp_path / "one")],
         2: [*launcher, "-m", "training.train", *args, "--out", str(tmp_path / "two")],
     }
     for world, cmd in runs.items():

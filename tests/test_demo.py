@@ -4,13 +4,15 @@ import os
 import subprocess
 import sys
 
-from serving_fixtures import ROOT, free_port
+from serving_fixtures import ROOT
+
+from serving.process import free_port
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml_home"), "HF_HUB_OFFLINE": "1"}
     command = [
-        sys.executable, "-m", "galaxyvit", "demo", "--n", "96", "--epochs", "1", "--name", "tinydemo",
+        sys.executable, "-m", "app", "demo", "--n", "96", "--epochs", "1", "--name", "tinydemo",
         "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--port", str(free_port()),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

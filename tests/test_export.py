@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import ViTConfig
 
+from app.cli import main as cli_main
 from galaxyvit.card import CardError, IntegrityError, load_card, load_verified
 from galaxyvit.classes import CLASS_NAMES
-from galaxyvit.cli import main as cli_main
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.store import model_store, tag
 from training import export

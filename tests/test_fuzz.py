@@ -1,6 +1,6 @@
 """Fuzzing the real service: hostile requests never get a 5xx, never crash a worker, never grow memory unboundedly.
 
-A few hundred hypothesis-generated requests (tests/fuzz_cases.py) against the shared `bentoml serve`
+A few hundred hypothesis-generated requests (load_tests/fuzz_cases.py) against the shared `bentoml serve`
 fixture; scripts/fuzz_full.py sends the same kinds of requests >= 10,000 times.
 """
 
@@ -11,10 +11,11 @@ import secrets
 from collections import Counter
 
 import httpx
-from fuzz_cases import Limits, check_response, fixed_cases, requests
 from hypothesis import HealthCheck, Phase, given, settings
-from reliability_tools import tree_rss, worker_pids
 from serving_fixtures import MODEL_NAMES
+
+from load_tests.fuzz_cases import Limits, check_response, fixed_cases, requests
+from load_tests.reliability import tree_rss, worker_pids
 
 # the limits the `server` fixture (tests/serving_fixtures.py) runs with
 LIMITS = Limits(max_upload_bytes=3 * 1024 * 1024, max_pixels=2000 * 2000, max_images=8, models=MODEL_NAMES)

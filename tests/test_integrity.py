@@ -17,11 +17,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
-from serving_fixtures import ROOT, Server
+from serving_fixtures import ROOT
 
-from serving.cli import ServerNotReady
+from serving.process import ServerNotReady, ServerProcess
 
-CODE_DIRS = ("galaxyvit", "training", "serving", "load_tests", "benchmarks", "scripts", "tests")
+CODE_DIRS = ("galaxyvit", "training", "serving", "load_tests", "app", "benchmarks", "scripts", "tests")
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "shelve", "cloudpickle"}
 
 
@@ -45,7 +45,7 @@ def test_tampered_model_stops_the_service_with_a_clear_error(tiny_models, tmp_pa
     else:
         card.write_text(card.read_text().replace('"sha256": "', '"sha256": "0'))
     with pytest.raises(ServerNotReady, match="exited with code") as failure:
-        Server(home, tmp_path / "run", {"GALAXYVIT_MODELS": "vit,linformer"}, timeout=120)
+        ServerProcess({"models": "vit,linformer"}, store=home, workdir=tmp_path / "run", ready_timeout=120).start()
     message = str(failure.value)
     assert "IntegrityError: refusing to serve model 'vit'" in message, message[-2000:]
     assert ("does not match its model card" if damage != "missing_file" else "is missing") in message

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from load_tests import sweep
-from load_tests.models import export_random
-from load_tests.payloads import multipart
+from serving.client import multipart
+from training.random_models import export_random
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,10 @@ from collections import Counter
 import httpx
 import pytest
 from conftest import REAL_SAMPLES
-from reliability_tools import hammer, percentiles, worker_pids
-from serving_fixtures import ROOT, Server
+from serving_fixtures import ROOT
+
+from load_tests.reliability import hammer, percentiles, worker_pids
+from serving.process import ServerProcess
 
 MAX_CONCURRENCY = 2
 CLIENTS = 24
@@ -26,18 +28,9 @@ CLIENTS = 24
 @pytest.fixture(scope="module")
 def small_server(tiny_models, tmp_path_factory):
     home, _ = tiny_models
-    srv = Server(
-        home,
-        tmp_path_factory.mktemp("overload"),
-        {
-            "GALAXYVIT_MODELS": "vit",
-            "GALAXYVIT_MAX_CONCURRENCY": str(MAX_CONCURRENCY),
-            "GALAXYVIT_RETRY_AFTER_S": "2",
-            "GALAXYVIT_INTRA_OP_THREADS": "1",
-        },
-    )
-    yield srv
-    srv.stop()
+    settings = {"models": "vit", "max_concurrency": MAX_CONCURRENCY, "retry_after_s": 2, "intra_op_threads": 1}
+    with ServerProcess(settings, store=home, workdir=tmp_path_factory.mktemp("overload"), ready_timeout=180) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from galaxyvit.cli import main as cli_main
+from app.cli import main as cli_main
 from galaxyvit.paths import GZ2_SPLITS
 from tests.conftest import SEED_RUNS
 from training import class_weights

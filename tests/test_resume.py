@@ -31,7 +31,7 @@ def train_cmd(dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "galaxyvit",
+        "app",
         "train",
         "linformer-010522",
         "--data",

@@ -15,12 +15,11 @@ from serving_fixtures import MODEL_NAMES, metric
 from tiny_galaxies import galaxy_image
 
 from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_batch
 from serving.runtime import load_model
 
-REAL = sorted(
-    (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gz2_real_samples" / "images").glob("*.jpg")
-)
+REAL = sorted(REAL_SAMPLE_IMAGES.glob("*.jpg"))
 
 
 def jpeg(image: Image.Image) -> bytes:

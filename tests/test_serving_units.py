@@ -76,7 +76,7 @@ def test_serving_never_imports_torch(tiny_models):
 
 
 def test_galaxyvit_serve_command_line():
-    from galaxyvit.cli import SUBCOMMANDS
+    from app.cli import SUBCOMMANDS
     from serving import cli
 
     assert SUBCOMMANDS["serve"][0] == "serving.cli"
@@ -90,13 +90,9 @@ def test_galaxyvit_serve_command_line():
 
 
 def test_wait_ready_reports_a_server_that_never_answers_or_exits(tmp_path):
-    import socket
+    from serving.process import ServerNotReady, free_port, wait_ready
 
-    from serving.cli import ServerNotReady, wait_ready
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once the socket closes
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     log = tmp_path / "server.log"
     log.write_text("line one\nlast words of the server\n")
     silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

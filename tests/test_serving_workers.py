@@ -10,21 +10,20 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from serving_fixtures import ROOT, Server, metric
+from serving_fixtures import ROOT, metric
 
-REAL = sorted((ROOT.parent / "shared" / "data" / "gz2_real_samples" / "images").glob("*.jpg"))
+from galaxyvit.paths import REAL_SAMPLE_IMAGES
+from serving.process import ServerProcess
+
+REAL = sorted(REAL_SAMPLE_IMAGES.glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")
 def two_workers(tiny_models, tmp_path_factory):
     home, _ = tiny_models
-    srv = Server(
-        home,
-        tmp_path_factory.mktemp("server2"),
-        {"GALAXYVIT_MODELS": "vit,linformer", "GALAXYVIT_WORKERS": "2", "GALAXYVIT_INTRA_OP_THREADS": "1"},
-    )
-    yield srv
-    srv.stop()
+    settings = {"models": "vit,linformer", "workers": 2, "intra_op_threads": 1}
+    with ServerProcess(settings, store=home, workdir=tmp_path_factory.mktemp("server2"), ready_timeout=180) as srv:
+        yield srv
 
 
 def test_metrics_and_feedback_are_exact_with_two_workers(two_workers):

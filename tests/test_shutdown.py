@@ -18,7 +18,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_fixtures import Server, metric
+from serving_fixtures import metric
+
+from serving.process import ServerProcess
 
 REQUESTS = 6
 EXIT_BOUND_S = 60  # BentoML's own limit per worker is 30 s (circus graceful_timeout), then SIGKILL
@@ -34,7 +36,8 @@ def large_png() -> bytes:
 
 def test_sigterm_lets_in_flight_requests_finish(tiny_models, tmp_path):
     home, _ = tiny_models
-    server = Server(home, tmp_path / "run", {"GALAXYVIT_MODELS": "vitbase", "GALAXYVIT_INTRA_OP_THREADS": "1"})
+    settings = {"models": "vitbase", "intra_op_threads": 1}
+    server = ServerProcess(settings, store=home, workdir=tmp_path / "run", ready_timeout=180).start()
     try:
         blob = large_png()
         results: list[tuple[int, str]] = []

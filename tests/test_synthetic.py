@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxyvit import cli
+from app import cli
 from galaxyvit.classes import GZ2_TRAIN_COUNTS, NUM_CLASSES
 from training.synthetic import SPLITS, plan_dataset, render_galaxy, write_dataset, write_preview
 

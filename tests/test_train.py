@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from tiny_galaxies import write_three_class_folder, write_tiny_dataset
 
+from app.cli import main as cli_main
 from galaxyvit.classes import CLASS_NAMES
-from galaxyvit.cli import main as cli_main
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data import DataConfig, DataError
 from training.registry import get_run

@@ -2,7 +2,7 @@
 
   1. if no model is registered yet (BentoML model galaxyvit-NAME): generate synthetic galaxies,
      train a small run on them (`galaxyvit train`), export it to verified ONNX (`galaxyvit export`);
-  2. start the service on 127.0.0.1 (`galaxyvit serve`) and wait until /readyz answers;
+  2. start the service on a free port of 127.0.0.1 (as `galaxyvit serve` does) and wait until /readyz answers;
   3. classify the three real GZ2 cutouts of data/gz2_real_samples and a synthetic
      galaxy over HTTP, and print the answers next to the known classes;
   4. stop the service (unless --keep-serving).
@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES, REAL_SAMPLE_LABELS
-from galaxyvit.store import tag
-from serving.cli import ServerNotReady, wait_ready
+from galaxyvit.store import is_registered, tag
+from serving.client import classify
+from serving.process import ServerNotReady, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=4, help="training epochs for the demo run (default 4)")
     parser.add_argument("--dataset", type=Path, default=Path("data/demo-synthetic"), help="synthetic dataset folder")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="training output folder")
-    parser.add_argument("--port", type=int, default=3000, help="service port on 127.0.0.1 (default 3000)")
+    parser.add_argument("--port", type=int, default=None, help="service port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--retrain", action="store_true", help="train and export again even if the model exists")
     parser.add_argument("--keep-serving", action="store_true", help="leave the service running at the end")
     parser.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for /readyz (300)")
@@ -46,48 +43,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def galaxyvit(*args: str) -> None:
     """Run a galaxyvit subcommand in a child process; stop the demo if it fails."""
-    command = [sys.executable, "-m", "galaxyvit", *args]
+    command = [sys.executable, "-m", "app", *args]
     print(f"\n$ galaxyvit {' '.join(args)}", flush=True)
     result = subprocess.run(command, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"demo: `galaxyvit {' '.join(args)}` failed with exit code {result.returncode}")
 
 
-def model_registered(name: str) -> bool:
-    from galaxyvit.store import is_registered
-
-    return is_registered(name)
-
-
-def classify(url: str, files: list[Path], model: str) -> list[dict]:
-    """POST the images to /classify as one multipart request."""
-    boundary = uuid.uuid4().hex
-    body = bytearray()
-    for path in files:
-        content_type = "image/jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "application/octet-stream"
-        body += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{path.name}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n"
-        ).encode()
-        body += path.read_bytes() + b"\r\n"
-    body += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n--{boundary}--\r\n'.encode()
-    )
-    request = urllib.request.Request(
-        f"{url}/classify", data=bytes(body), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.loads(response.read())
-    return answer["predictions"] if isinstance(answer, dict) else answer
-
-
-def sample_images(dataset: Path) -> list[tuple[Path, int | None]]:
-    """The real GZ2 cutouts  and the first synthetic test galaxy."""
-    samples = [
-        (REAL_SAMPLE_IMAGES / name, label)
-        for name, label in REAL_SAMPLE_LABELS.items()
-        if (REAL_SAMPLE_IMAGES / name).is_file()
-    ]
+def sample_images(dataset: Path) -> list[tuple[Path, int]]:
+    """The three real GZ2 cutouts the repository carries and the first synthetic test galaxy, with known labels."""
+    samples = [(REAL_SAMPLE_IMAGES / name, label) for name, label in REAL_SAMPLE_LABELS.items()]
+    missing = [str(path) for path, _ in samples if not path.is_file()]
+    if missing:
+        raise SystemExit(f"demo: the real GZ2 samples are missing: {', '.join(missing)} (a partial checkout?)")
     with open(dataset / "gz2_test.csv") as f:
         first = next(csv.DictReader(f))
     samples.append((dataset / "images" / f"{first['galaxyID']}.jpg", int(first["label1"])))
@@ -97,7 +65,7 @@ def sample_images(dataset: Path) -> list[tuple[Path, int | None]]:
 def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     dataset, out = (ROOT / args.dataset).resolve(), (ROOT / args.out).resolve()
-    if args.retrain or not model_registered(args.name):
+    if args.retrain or not is_registered(args.name):
         galaxyvit(
             "train", args.run, "--data", "synthetic", "--synth-n", str(args.n), "--dataset", str(dataset),
             "--epochs", str(args.epochs), "--out", str(out),
@@ -108,39 +76,35 @@ def main(args: argparse.Namespace) -> int:
         if not (dataset / "gz2_test.csv").is_file():
             galaxyvit("synth", "--n", str(args.n), "--out", str(dataset))
 
-    url = f"http://127.0.0.1:{args.port}"
-    command = [sys.executable, "-m", "galaxyvit", "serve", "--port", str(args.port), "--models", args.name]
-    print(f"\n$ galaxyvit serve --port {args.port} --models {args.name}", flush=True)
-    server = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    server = ServerProcess(
+        {"models": args.name}, port=args.port, log=out / "serve.log", ready_timeout=args.ready_timeout
+    )
+    print(f"\n$ galaxyvit serve --port {server.port} --models {args.name}   (log: {server.log})", flush=True)
+    keep = False
     try:
         try:
-            wait_ready(url, server, args.ready_timeout)
+            server.start()
         except ServerNotReady as exc:
             raise SystemExit(f"demo: {exc}") from None
         samples = sample_images(dataset)
-        predictions = classify(url, [path for path, _ in samples], args.name)
-        print(f"\nPredictions of {tag(args.name)} over HTTP ({url}/classify):")
+        predictions = classify(server.url, [path for path, _ in samples], args.name)
+        print(f"\nPredictions of {tag(args.name)} over HTTP ({server.url}/classify):")
         print(f"{'image':<34} {'known class':<24} {'predicted':<24} {'p':>5}")
         for (path, label), pred in zip(samples, predictions, strict=True):
-            known = CLASS_NAMES[label] if label is not None else "?"
-            p = (
-                max(pred["probabilities"].values())
-                if isinstance(pred["probabilities"], dict)
-                else max(pred["probabilities"])
-            )
+            p = max(pred["probabilities"].values())
             source = "real GZ2 " if path.parent == REAL_SAMPLE_IMAGES else "synthetic "
-            print(f"{source + path.name:<34} {known:<24} {pred['class_name']:<24} {p:5.2f}")
+            print(f"{source + path.name:<34} {CLASS_NAMES[label]:<24} {pred['class_name']:<24} {p:5.2f}")
         print(
             "\nThe demo model saw only synthetic galaxies for a few epochs: expect it to get most real GZ2 cutouts\n"
             "wrong. Train on the GZ2 images (`galaxyvit train RUN --data gz2 ...`) for the study's accuracy."
         )
         print(f"demo finished in {time.monotonic() - started:.0f} s")
         if args.keep_serving:
-            print(f"the service keeps running at {url} (pid {server.pid}); stop it with: kill -TERM -{server.pid}")
-            server = None
+            print(
+                f"the service keeps running at {server.url} (pid {server.pid}); stop it with: kill -TERM -{server.pid}"
+            )
+            keep = True
     finally:
-        if server is not None:
-            from serving.cli import stop_server
-
-            stop_server(server)
+        if not keep:
+            server.stop()
     return 0

@@ -1,5 +1,0 @@
-import sys
-
-from galaxyvit.cli import main
-
-sys.exit(main())
