@@ -1,7 +1,7 @@
 """Workarounds for BentoML 1.4.40 behaviour that breaks graceful shutdown or bounded metrics.
 
 Each patch checks for the BentoML code layout it expects and does nothing otherwise; recheck them
-on a BentoML upgrade. serving/service.py applies them when `bentoml serve` imports it.
+on a BentoML upgrade. serving/deployment.py applies them when `bentoml serve` builds the service.
 """
 
 from __future__ import annotations
