@@ -6,6 +6,8 @@ endpoints are a Starlette app mounted on the service, described here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from serving.catalog import Catalog
 from serving.config import ServingConfig
 from serving.decode import RAW_CONTENT_TYPES
@@ -17,7 +19,7 @@ ERROR = {
 }
 
 
-def _errors(*codes: int) -> dict:
+def _errors(*codes: int) -> dict[str, Any]:
     return {
         str(code): {
             "description": "error",
@@ -27,7 +29,7 @@ def _errors(*codes: int) -> dict:
     }
 
 
-def build_openapi(catalog: Catalog, config: ServingConfig) -> dict:
+def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
     """The document for these served models: class names are each model's own (GET /models, `classes`)."""
     models = catalog.names
     all_classes = catalog.all_classes()
