@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypedDict
 
 from galaxyvit.preprocess import Preprocessing
 
@@ -24,16 +25,36 @@ class IntegrityError(ValueError):
     """An artifact does not match the sha256 its card records."""
 
 
+class Parity(TypedDict, total=False):
+    """The export's check of one ONNX variant against the PyTorch model on the gate inputs (training/export.py)."""
+
+    provider: str  # ONNX Runtime provider the check ran on
+    n_inputs: int  # gate inputs: random, real sample and validation images
+    n_random: int
+    n_real: int
+    n_valid: int
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    top1_agreement: float  # fraction of inputs whose top class is the PyTorch model's
+    tolerance: float | None  # the fp32 gate's limit on max_abs_logit_diff; None for int8/fp16
+    torch_valid_acc: float | None  # accuracies on the validation images, when the gate had some
+    onnx_valid_acc: float | None
+    valid_acc_change: float | None
+    export_seconds: float
+
+
 @dataclass
 class ModelCard:
+    """What an exported artifact is: its model, classes (in label order), preprocessing, accuracy and parity."""
+
     name: str
     version: str
     variant: str
     run_id: str
     family: str
-    run_config: dict
+    run_config: dict[str, Any]  # the training run's settings (training.registry.Run.to_dict())
     class_names: list[str]
-    preprocessing: dict
+    preprocessing: dict[str, Any]  # Preprocessing.to_dict()
     params: int
     onnx_file: str
     sha256: str
@@ -44,14 +65,14 @@ class ModelCard:
     test_acc: float | None = None
     per_class_acc: list[float] | None = None
     confusion_matrix: list[list[float]] | None = None
-    parity: dict = field(default_factory=dict)
+    parity: Parity = field(default_factory=Parity)
     created: str = ""
 
     @property
     def prep(self) -> Preprocessing:
         return Preprocessing.from_dict(self.preprocessing)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:

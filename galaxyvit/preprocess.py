@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,17 +30,18 @@ class Preprocessing:
     mean: tuple[float, float, float] = STUDY_MEAN
     std: tuple[float, float, float] = STUDY_STD
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Preprocessing:
-        return cls(
-            crop=int(data["crop"]),
-            size=int(data["size"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-        )
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(crop=int(data["crop"]), size=int(data["size"]), mean=_rgb(data["mean"]), std=_rgb(data["std"]))
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    """One number per channel (R, G, B); anything else is a ValueError."""
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
 
 
 def preprocessing_for(family: str, image_size: int = 224) -> Preprocessing:
@@ -97,7 +99,7 @@ def eval_crop(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """The evaluation transform before normalisation: RGB, centre crop, optional resize -> (size, size, 3) uint8."""
     image = center_crop(image if image.mode == "RGB" else image.convert("RGB"), prep.crop)
     if prep.size != prep.crop:
-        image = image.resize((prep.size, prep.size), Image.BILINEAR)
+        image = image.resize((prep.size, prep.size), Image.Resampling.BILINEAR)
     return np.asarray(image)
 
 

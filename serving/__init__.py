@@ -1,1 +1,2 @@
-"""The BentoML HTTP service (ONNX Runtime, no torch): see serving/service.py for the endpoints."""
+"""The BentoML HTTP service (ONNX Runtime, no torch): the endpoints are in serving/routes.py,
+the deployment in serving/deployment.py."""

@@ -1,7 +1,7 @@
 """Workarounds for BentoML 1.4.40 behaviour that breaks graceful shutdown or bounded metrics.
 
 Each patch checks for the BentoML code layout it expects and does nothing otherwise; recheck them
-on a BentoML upgrade. serving/service.py applies them when `bentoml serve` imports it.
+on a BentoML upgrade. serving/deployment.py applies them when `bentoml serve` builds the service.
 """
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ def stop_workers_before_cleanup() -> None:
         return
 
     @gen.coroutine
-    def stop(self: Arbiter):  # a tornado coroutine, as circus defines it
+    def stop(self: Arbiter) -> Any:  # a tornado coroutine, as circus defines it
         yield CircusArbiter.stop(self)
         self.exit_stack.__exit__(None, None, None)
 
-    Arbiter.stop = stop
-    Arbiter._workers_stop_first = True
+    setattr(Arbiter, "stop", stop)  # noqa: B010 (patching a method: setattr says so)
+    setattr(Arbiter, "_workers_stop_first", True)  # noqa: B010
 
 
 # paths BentoML's request metrics may label by name; every other path is counted as "/__other__"
@@ -97,7 +97,7 @@ class _RestorePath:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if "galaxyvit.path" in scope:
             scope = {**scope, "path": scope["galaxyvit.path"]}
         await self.app(scope, receive, send)
@@ -118,12 +118,12 @@ def bound_metric_labels() -> None:
         return
     original = Middleware.__call__
 
-    async def call(self: Middleware, scope: dict, receive: Any, send: Any) -> None:
+    async def call(self: Middleware, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") == "http" and scope.get("path") not in METRIC_PATHS:
             if not isinstance(self.app, _RestorePath):
-                self.app = _RestorePath(self.app)
+                setattr(self, "app", _RestorePath(self.app))  # noqa: B010
             scope = {**scope, "path": "/__other__", "galaxyvit.path": scope["path"]}
         await original(self, scope, receive, send)
 
-    Middleware.__call__ = call
-    Middleware._paths_bounded = True
+    setattr(Middleware, "__call__", call)  # noqa: B010 (patching a method: setattr says so)
+    setattr(Middleware, "_paths_bounded", True)  # noqa: B010

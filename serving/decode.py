@@ -1,7 +1,7 @@
 """Turn uploaded bytes into RGB images (Pillow, numpy and astropy.io.fits only; no torch).
 
 Accepted: JPEG, PNG, TIFF, GIF (first frame), BMP, WebP in any Pillow mode, and FITS.
-Every problem is an `InputError` carrying the HTTP status and a short machine-readable kind,
+Every problem is a `ServiceError` (serving/errors.py) carrying a short machine-readable kind and the HTTP status,
 so the service answers bad input with a 4xx JSON error and never a 5xx.
 
 FITS (what SDSS cutout tools produce from the g, r, i frames):
@@ -25,6 +25,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+from serving.errors import ServiceError
+
 PIL_FORMATS = ("JPEG", "PNG", "TIFF", "GIF", "BMP", "WEBP")
 RAW_CONTENT_TYPES = {
     "image/jpeg": "JPEG",
@@ -45,48 +47,36 @@ LUPTON_PERCENTILE = 99.5
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class InputError(ValueError):
-    """A request the service cannot serve, with its HTTP status and a short error kind."""
-
-    def __init__(self, message: str, kind: str = "bad_request", status: int = 400) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-
-    def to_dict(self) -> dict:
-        return {"error": str(self), "kind": self.kind, "status": self.status}
-
-
 def check_content_type(content_type: str | None) -> None:
     """Raw-body uploads must name an image type we read (or application/octet-stream to sniff)."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media not in RAW_CONTENT_TYPES:
         allowed = ", ".join(sorted(RAW_CONTENT_TYPES))
-        raise InputError(
-            f"unsupported Content-Type {media or '(none)'!r}; use one of: {allowed}", "unsupported_media_type", 415
+        raise ServiceError(
+            "unsupported_media_type", 415, f"unsupported Content-Type {media or '(none)'!r}; use one of: {allowed}"
         )
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode one upload to an RGB image, refusing empty, oversized, truncated or non-image data."""
     if not data:
-        raise InputError("empty image: the upload has no bytes", "empty_body")
+        raise ServiceError("empty_body", 400, "empty image: the upload has no bytes")
     if data[: len(FITS_MAGIC)] == FITS_MAGIC:
         return Image.fromarray(fits_to_rgb(data, max_pixels))
     try:
         image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise InputError(f"image too large: {exc}", "too_many_pixels", 413) from None
+        raise ServiceError("too_many_pixels", 413, f"image too large: {exc}") from None
     except Exception:
-        raise InputError(
-            f"not an image: the bytes are none of {', '.join(PIL_FORMATS)} or FITS", "not_an_image", 415
+        raise ServiceError(
+            "not_an_image", 415, f"not an image: the bytes are none of {', '.join(PIL_FORMATS)} or FITS"
         ) from None
     width, height = image.size
     if width < 1 or height < 1:
-        raise InputError(f"image has no pixels ({width}x{height})", "not_an_image", 415)
+        raise ServiceError("not_an_image", 415, f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise InputError(
-            f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}", "too_many_pixels", 413
+        raise ServiceError(
+            "too_many_pixels", 413, f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}"
         )
     try:
         with warnings.catch_warnings():
@@ -95,9 +85,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             image.load()
             return to_rgb(image)
     except Image.DecompressionBombError as exc:
-        raise InputError(f"image too large: {exc}", "too_many_pixels", 413) from None
+        raise ServiceError("too_many_pixels", 413, f"image too large: {exc}") from None
     except Exception as exc:
-        raise InputError(f"corrupt or truncated {image.format} image: {exc}", "corrupt_image") from None
+        raise ServiceError("corrupt_image", 400, f"corrupt or truncated {image.format} image: {exc}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -138,11 +128,11 @@ def fits_to_rgb(data: bytes, max_pixels: int) -> np.ndarray:
                     array = np.asarray(hdu.data, dtype=np.float64)
                     break
                 else:
-                    raise InputError("FITS file holds no image data", "not_an_image", 415)
-    except InputError:
+                    raise ServiceError("not_an_image", 415, "FITS file holds no image data")
+    except ServiceError:
         raise
     except Exception as exc:
-        raise InputError(f"corrupt or truncated FITS file: {exc}", "corrupt_image") from None
+        raise ServiceError("corrupt_image", 400, f"corrupt or truncated FITS file: {exc}") from None
     array = np.squeeze(array)
     if array.ndim == 2:
         planes = [array]
@@ -150,8 +140,8 @@ def fits_to_rgb(data: bytes, max_pixels: int) -> np.ndarray:
         g, r, i = array
         planes = [i, r, g]  # red = i, green = r, blue = g
     else:
-        raise InputError(
-            f"FITS image must be 2-D or a 3-plane g,r,i cube, not shape {array.shape}", "not_an_image", 415
+        raise ServiceError(
+            "not_an_image", 415, f"FITS image must be 2-D or a 3-plane g,r,i cube, not shape {array.shape}"
         )
     rgb = lupton_stretch(planes)
     if rgb.shape[-1] == 1:
@@ -161,15 +151,15 @@ def fits_to_rgb(data: bytes, max_pixels: int) -> np.ndarray:
 
 def _check_fits_shape(shape: list[int], max_pixels: int) -> None:
     if len(shape) < 2 or any(n < 1 for n in shape):
-        raise InputError(f"FITS image must be 2-D or a 3-plane cube, not axes {shape}", "not_an_image", 415)
+        raise ServiceError("not_an_image", 415, f"FITS image must be 2-D or a 3-plane cube, not axes {shape}")
     planes = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     if planes not in (1, 3):
-        raise InputError(f"FITS image must be 2-D or a 3-plane g,r,i cube, not axes {shape}", "not_an_image", 415)
+        raise ServiceError("not_an_image", 415, f"FITS image must be 2-D or a 3-plane g,r,i cube, not axes {shape}")
     if shape[0] * shape[1] > max_pixels:
-        raise InputError(
-            f"image too large: {shape[0]}x{shape[1]} = {shape[0] * shape[1]} pixels > limit {max_pixels}",
+        raise ServiceError(
             "too_many_pixels",
             413,
+            f"image too large: {shape[0]}x{shape[1]} = {shape[0] * shape[1]} pixels > limit {max_pixels}",
         )
 
 

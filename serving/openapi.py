@@ -6,7 +6,9 @@ endpoints are a Starlette app mounted on the service, described here.
 
 from __future__ import annotations
 
-from galaxyvit.classes import CLASS_NAMES
+from typing import Any
+
+from serving.catalog import Catalog
 from serving.config import ServingConfig
 from serving.decode import RAW_CONTENT_TYPES
 
@@ -17,7 +19,7 @@ ERROR = {
 }
 
 
-def _errors(*codes: int) -> dict:
+def _errors(*codes: int) -> dict[str, Any]:
     return {
         str(code): {
             "description": "error",
@@ -27,7 +29,12 @@ def _errors(*codes: int) -> dict:
     }
 
 
-def build_openapi(models: list[str], default_model: str, config: ServingConfig) -> dict:
+def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
+    """The document for these served models: class names are each model's own (GET /models, `classes`)."""
+    models = catalog.names
+    all_classes = catalog.all_classes()
+    widest = max(len(m.classes) for m in catalog.models.values())
+    classes_by_model = "; ".join(f"{m.name}: {', '.join(m.classes)}" for m in catalog.models.values())
     prediction = {
         "type": "object",
         "required": ["request_id", "model", "model_version", "label", "class_name", "probabilities"],
@@ -35,19 +42,23 @@ def build_openapi(models: list[str], default_model: str, config: ServingConfig) 
             "request_id": {"type": "string", "description": "id to send to /feedback"},
             "model": {"type": "string", "enum": models},
             "model_version": {"type": "string"},
-            "label": {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1},
-            "class_name": {"type": "string", "enum": list(CLASS_NAMES)},
+            "label": {"type": "integer", "minimum": 0, "maximum": widest - 1},
+            "class_name": {"type": "string", "enum": all_classes, "description": "a class name of `model`"},
             "probabilities": {
                 "type": "object",
-                "description": "probability of every class, keyed by class name in label order",
-                "properties": {c: {"type": "number"} for c in CLASS_NAMES},
+                "description": "probability of every class of `model`, keyed by class name in label order",
+                "additionalProperties": {"type": "number"},
             },
         },
     }
-    model_param = {"type": "string", "enum": models, "default": default_model}
+    model_param = {"type": "string", "enum": models, "default": catalog.default}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "galaxyvit", "version": "1", "description": "Galaxy morphology (8 classes) from images."},
+        "info": {
+            "title": "galaxyvit",
+            "version": "1",
+            "description": f"Galaxy morphology from images. Classes of each served model: {classes_by_model}.",
+        },
         "paths": {
             "/classify": {
                 "post": {
@@ -105,7 +116,7 @@ def build_openapi(models: list[str], default_model: str, config: ServingConfig) 
             },
             "/models": {
                 "get": {
-                    "summary": "Served models: cards, active ONNX Runtime provider, default model",
+                    "summary": "Served models: cards, classes, active ONNX Runtime provider, default model",
                     "responses": {
                         "200": {
                             "description": "models",
@@ -116,7 +127,8 @@ def build_openapi(models: list[str], default_model: str, config: ServingConfig) 
             },
             "/feedback": {
                 "post": {
-                    "summary": "Report the true class of a prediction; updates online accuracy",
+                    "summary": "Report the true class of a prediction (an index or a class name of the model that "
+                    "made it); updates online accuracy",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -128,8 +140,8 @@ def build_openapi(models: list[str], default_model: str, config: ServingConfig) 
                                         "request_id": {"type": "string"},
                                         "label": {
                                             "oneOf": [
-                                                {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1},
-                                                {"type": "string", "enum": list(CLASS_NAMES)},
+                                                {"type": "integer", "minimum": 0, "maximum": widest - 1},
+                                                {"type": "string", "enum": all_classes},
                                             ]
                                         },
                                     },

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from galaxyvit.card import ModelCard, load_verified
+from galaxyvit.card import CardError, ModelCard, load_verified
 
 logger = logging.getLogger("galaxyvit.serving")
 
@@ -62,7 +62,7 @@ class LoadedModel:
         return self.session.get_providers()[0]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) float32 -> (N, 8) float32 class probabilities."""
+        """(N, 3, H, W) float32 -> (N, K) float32 probabilities of the card's K classes."""
         (logits,) = self.session.run([self.card.output_name], {self.card.input_name: batch})
         return softmax(logits.astype(np.float32))
 
@@ -97,6 +97,9 @@ def load_model(
         # CUDA and cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) are not on the loader path.
         ort.preload_dlls(directory="")
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+    outputs = session.get_outputs()[0].shape[-1]
+    if isinstance(outputs, int) and outputs != len(card.class_names):
+        raise CardError(f"{onnx_path} outputs {outputs} classes but its card names {len(card.class_names)}")
     model = LoadedModel(name=name, card=card, session=session, onnx_path=onnx_path)
     if model.provider != providers[0]:
         logger.warning("model %s: requested %s but ONNX Runtime runs it on %s", name, providers[0], model.provider)

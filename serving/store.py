@@ -61,6 +61,14 @@ class PredictionStore:
             )
             self.db.execute("DELETE FROM predictions WHERE seq <= (SELECT MAX(seq) FROM predictions) - ?", (self.size,))
 
+    def model_of(self, request_id: str) -> str:
+        """The model that made prediction `request_id`; UnknownRequest when it is not (or no longer) stored."""
+        with self.lock:
+            row = self.db.execute("SELECT model FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise UnknownRequest(request_id)
+        return str(row[0])
+
     def feedback(self, request_id: str, true_label: int) -> tuple[str, int, bool]:
         """Record the true label of a prediction; returns (model, predicted label, correct)."""
         with self.lock, self.db:

@@ -9,7 +9,8 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
-from serving.decode import InputError, check_content_type, decode_image, lupton_stretch
+from serving.decode import check_content_type, decode_image, lupton_stretch
+from serving.errors import ServiceError
 
 LIMIT = 1000 * 1000
 
@@ -114,7 +115,7 @@ def test_lupton_stretch_is_monotonic_and_saturates_at_top_percentile():
     ],
 )
 def test_bad_bytes_are_input_errors(data, kind, status):
-    with pytest.raises(InputError) as info:
+    with pytest.raises(ServiceError) as info:
         decode_image(data, LIMIT)
     assert (info.value.kind, info.value.status) == (kind, status)
 
@@ -122,24 +123,24 @@ def test_bad_bytes_are_input_errors(data, kind, status):
 def test_truncated_jpeg_and_png_are_refused():
     for fmt in ("JPEG", "PNG"):
         data = encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)), fmt)
-        with pytest.raises(InputError) as info:
+        with pytest.raises(ServiceError) as info:
             decode_image(data[: len(data) // 2], LIMIT)
         assert info.value.kind == "corrupt_image" and info.value.status == 400
 
 
 def test_pixel_limit_is_checked_before_decoding():
     big = encode(Image.new("L", (1200, 1000)), "PNG")  # 1.2 Mpx, a few KB compressed
-    with pytest.raises(InputError) as info:
+    with pytest.raises(ServiceError) as info:
         decode_image(big, LIMIT)
     assert info.value.kind == "too_many_pixels" and info.value.status == 413
     cube = np.zeros((3, 1100, 1000), np.float32)
-    with pytest.raises(InputError) as info:
+    with pytest.raises(ServiceError) as info:
         decode_image(fits_bytes(cube), LIMIT)
     assert info.value.kind == "too_many_pixels"
 
 
 def test_fits_with_wrong_plane_count_is_refused():
-    with pytest.raises(InputError) as info:
+    with pytest.raises(ServiceError) as info:
         decode_image(fits_bytes(np.zeros((5, 8, 8), np.float32)), LIMIT)
     assert info.value.status == 415
 
@@ -149,6 +150,6 @@ def test_content_type_check():
     check_content_type("image/png; charset=binary")
     check_content_type("application/fits")
     for bad in (None, "", "text/plain", "application/json"):
-        with pytest.raises(InputError) as info:
+        with pytest.raises(ServiceError) as info:
             check_content_type(bad)
         assert info.value.status == 415

@@ -8,17 +8,16 @@ concurrent clients. Latencies are printed (run with -s), not asserted; scripts/s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import httpx
 import pytest
 from conftest import REAL_SAMPLES
-from serving_fixtures import ROOT
 
 from load_tests.reliability import hammer, percentiles, worker_pids
+from serving.config import load_config
+from serving.deployment import build
+from serving.inference import INFERENCE_SERVICE
 from serving.process import ServerProcess
 
 MAX_CONCURRENCY = 2
@@ -76,17 +75,7 @@ def test_excess_load_is_shed_with_retry_after_and_service_recovers(small_server,
 def test_traffic_and_batching_settings_are_applied(tiny_models):
     """The GALAXYVIT_* traffic and batching settings reach BentoML's service definitions."""
     home, _ = tiny_models
-    code = (
-        "import serving.service as s; "
-        "a = s.GalaxyModels.apis['infer']; "
-        "print(s.GalaxyClassifier.config['traffic'], s.GalaxyModels.config['traffic'], "
-        "a.batchable, a.max_batch_size, a.max_latency_ms, "
-        "[(m.__name__, o) for m, o in s.GalaxyClassifier.middlewares])"
-    )
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "PYTHONPATH": str(ROOT),
+    settings = {
         "GALAXYVIT_MODELS": "vit",
         "GALAXYVIT_MAX_CONCURRENCY": "3",
         "GALAXYVIT_TIMEOUT_S": "7",
@@ -94,10 +83,15 @@ def test_traffic_and_batching_settings_are_applied(tiny_models):
         "GALAXYVIT_MAX_IMAGES": "4",
         "GALAXYVIT_MAX_LATENCY_MS": "77",
         "GALAXYVIT_RETRY_AFTER_S": "5",
+        "GALAXYVIT_WORKERS": "3",
+        "GALAXYVIT_INFERENCE_WORKERS": "2",
     }
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    expected = (
-        "{'timeout': 7} {'timeout': 7} True 12 77 [('AdmissionMiddleware', {'max_concurrency': 3, 'retry_after': 5})]"
-    )
-    assert done.stdout.strip().splitlines()[-1] == expected
+    entry = build(load_config(settings), home)
+    inference = entry.find_dependent_by_name(INFERENCE_SERVICE)
+    infer = inference.apis["infer"]
+    assert entry.config["traffic"] == inference.config["traffic"] == {"timeout": 7}
+    assert (entry.config["workers"], inference.config["workers"]) == (3, 2)
+    assert (infer.batchable, infer.max_batch_size, infer.max_latency_ms) == (True, 12, 77)
+    assert [(m.__name__, o) for m, o in entry.middlewares] == [
+        ("AdmissionMiddleware", {"max_concurrency": 3, "retry_after": 5})
+    ]

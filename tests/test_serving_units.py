@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from serving_fixtures import ROOT
@@ -46,6 +48,19 @@ def test_onnx_runtime_threads_spin_only_when_asked(tiny_models):
         assert options.intra_op_num_threads == 2
 
 
+def test_a_card_naming_other_classes_than_the_model_outputs_is_refused(tiny_models, tmp_path):
+    from galaxyvit.card import CardError, card_path, load_card
+    from serving.runtime import load_model
+
+    _, model_dirs = tiny_models
+    folder = Path(shutil.copytree(model_dirs["vit"], tmp_path / "vit"))
+    card = load_card(card_path(folder))
+    card.class_names = ["elliptical", "spiral", "edge-on", "merger"]
+    card.save(card_path(folder))  # the artifact still matches the card's sha256
+    with pytest.raises(CardError, match="outputs 8 classes but its card names 4"):
+        load_model("vit", folder, device="cpu", threads=1)
+
+
 def test_store_is_bounded_shared_and_exact(tmp_path):
     db = tmp_path / "p.sqlite"
     a, b = PredictionStore(db, size=3), PredictionStore(db, size=3)  # two workers, one file
@@ -60,19 +75,34 @@ def test_store_is_bounded_shared_and_exact(tmp_path):
         a.feedback("r2", 3)
     a.add([(f"x{i}", "vit", 0) for i in range(5)])  # evicts r2, r3: their counts stay
     assert a.counts("vit") == {3: (1, 1), 0: (1, 0)}
+    assert b.model_of("x4") == "vit"
+    with pytest.raises(UnknownRequest):
+        b.model_of("r2")  # evicted
 
 
-def test_serving_never_imports_torch(tiny_models):
+def test_serving_never_imports_torch_and_builds_only_when_asked(tiny_models, tmp_path):
     home, _ = tiny_models
     code = (
         "import sys, serving.service, serving.cli, serving.decode, serving.runtime, serving.metrics, serving.store; "
-        "assert serving.service.SERVED == ['vit', 'vitbase'], serving.service.SERVED; "
+        "from serving.inference import INFERENCE_SERVICE; "
+        "assert 'GalaxyClassifier' not in vars(serving.service); "  # importing the entry module builds nothing
+        "service = serving.service.GalaxyClassifier; "
+        "models = service.find_dependent_by_name(INFERENCE_SERVICE).models; "
+        "print(service.name, [str(m.tag) for m in models]); "
         "bad = [m for m in ('torch', 'transformers', 'training') if m in sys.modules]; "
-        "assert not bad, bad; print('ok')"
+        "assert not bad, bad"
     )
     env = {**os.environ, "BENTOML_HOME": str(home), "GALAXYVIT_MODELS": "vit,vitbase", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "galaxyvit ['galaxyvit-vit:latest', 'galaxyvit-vitbase:latest']"
+
+    empty = {**env, "BENTOML_HOME": str(tmp_path), "GALAXYVIT_MODELS": ""}
+    code = "import serving.service; print('imported'); serving.service.GalaxyClassifier"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=empty, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "imported" and "RuntimeError: no model to serve" in done.stderr, done.stderr[-2000:]
 
 
 def test_galaxyvit_serve_command_line():

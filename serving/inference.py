@@ -1,0 +1,151 @@
+"""Inference: every served model in ONNX Runtime behind one batchable BentoML API, and the client the HTTP
+front end calls it through.
+
+The front end sends each request's images as items {"model": name, "x": (H,W,3) uint8 evaluation crop,
+"t": hand-off time}; BentoML's adaptive batcher gathers the items of concurrent requests (up to
+`max_batch_size`, waiting at most `max_latency_ms`) and `Inference.infer` runs each batch grouped per
+model. The crops travel as uint8 (a quarter of the float32 bytes between the processes) and are
+normalised here, straight into the batch (`galaxyvit.preprocess.normalize`, the offline evaluation code).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import bentoml
+import numpy as np
+
+from galaxyvit.preprocess import normalize
+from galaxyvit.store import tag
+from serving.bentoml_patches import hold_sigterm_while_api_workers_run
+from serving.catalog import Catalog
+from serving.config import ServingConfig
+from serving.errors import ServiceError
+from serving.metrics import get_metrics
+
+if TYPE_CHECKING:
+    from serving.runtime import LoadedModel
+
+logger = logging.getLogger("galaxyvit.serving")
+
+ENTRY_SERVICE = "galaxyvit"  # the name of the HTTP front end service (serving/deployment.py)
+INFERENCE_SERVICE = "galaxyvit_models"
+
+
+class Inference:
+    """The served models loaded in ONNX Runtime (verified, warmed up): one process's inference."""
+
+    def __init__(self, catalog: Catalog, config: ServingConfig) -> None:
+        from serving.runtime import default_threads, load_model  # ONNX Runtime: only in inference processes
+
+        threads = config.intra_op_threads or default_threads(config.inference_workers)
+        self.metrics = get_metrics()
+        self.loaded: dict[str, LoadedModel] = {}
+        for served in catalog.models.values():
+            model = load_model(
+                served.name, served.folder, config.variant, config.device, threads, config.intra_op_spinning
+            )
+            # before /readyz turns ready; on CUDA also the largest batch (memory arena, kernel choice)
+            model.warm_up((1, 2, config.max_batch_size) if model.provider == "CUDAExecutionProvider" else (1, 2))
+            self.loaded[served.name] = model
+            self.metrics.provider.labels(served.name, model.provider).set(1)
+            for split, acc in (("valid", model.card.valid_acc), ("test", model.card.test_acc)):
+                if acc is not None:
+                    self.metrics.offline_accuracy.labels(served.name, split).set(acc)
+            logger.warning(
+                "serving %s (%s %s) on %s", served.name, model.card.family, model.card.variant, model.provider
+            )
+
+    def infer(self, items: list[dict[str, Any]]) -> list[np.ndarray]:
+        """One class-probability vector per item, in item order (items of several models are grouped)."""
+        start = time.time()
+        out: list[np.ndarray] = [np.empty(0)] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item["model"], []).append(i)
+        for name, idx in groups.items():
+            model = self.loaded[name]
+            for i in idx:
+                self.metrics.queue_seconds.labels(name).observe(max(0.0, start - float(items[i]["t"])))
+            size = model.card.prep.size
+            batch = np.empty((len(idx), 3, size, size), np.float32)
+            for row, i in enumerate(idx):
+                normalize(np.asarray(items[i]["x"]), model.card.prep, out=batch[row])
+            t0 = time.perf_counter()
+            probs = model.predict(batch)
+            self.metrics.inference_seconds.labels(name).observe(time.perf_counter() - t0)
+            self.metrics.batch_size.labels(name).observe(len(idx))
+            for j, i in enumerate(idx):
+                out[i] = probs[j]
+        return out
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """The provider ONNX Runtime actually runs each model on."""
+        return {
+            name: {"provider": m.provider, "providers": m.session.get_providers()} for name, m in self.loaded.items()
+        }
+
+
+def inference_service(config: ServingConfig, catalog: Catalog) -> bentoml.Service[Any]:
+    """The BentoML service `galaxyvit_models` (`inference_workers` processes) running `Inference`.
+
+    Defined here, when the settings are known: BentoML fixes the batching limits when the API is defined."""
+
+    class GalaxyModels:
+        def __init__(self) -> None:
+            self.inference = Inference(catalog, config)
+            hold_sigterm_while_api_workers_run(ENTRY_SERVICE, config.timeout_s)
+
+        @bentoml.api(batchable=True, max_batch_size=config.max_batch_size, max_latency_ms=config.max_latency_ms)
+        def infer(self, items: list[dict[str, Any]]) -> list[Any]:
+            return self.inference.infer(items)
+
+        @bentoml.api
+        def describe(self) -> dict[str, Any]:
+            return self.inference.describe()
+
+    service = bentoml.service(
+        name=INFERENCE_SERVICE,
+        workers=config.inference_workers,
+        traffic={"timeout": config.timeout_s},
+        # BentoML 1.4 replaces the API workers' client session every 100 calls or 300 s and closes the old
+        # one with requests still in flight on it, which fails them (503 inference_unavailable under load).
+        # Keep one session for the life of the worker instead.
+        runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9},
+    )(GalaxyModels)
+    # The models a service uses are usually class attributes (`model = BentoModel(tag)`); BentoML collects them
+    # into `service.models`, which `bentoml build` packs into the bento. The served models are known only now,
+    # so their references are listed here, one per served model.
+    for name in catalog.models:
+        service.models.append(bentoml.models.BentoModel(tag(name)))
+    return service
+
+
+class InferenceClient:
+    """The front end's view of `galaxyvit_models`: its two APIs, with failures as ServiceErrors.
+
+    `models` is the BentoML dependency: a client of the inference processes under `bentoml serve`,
+    a local `GalaxyModels` instance when the service runs in one process."""
+
+    def __init__(self, models: Any) -> None:
+        self.models = models
+
+    async def infer(self, items: list[dict[str, Any]]) -> list[Any]:
+        try:
+            # one call per request: BentoML's batcher merges the calls of concurrent requests
+            return await self.models.to_async.infer(items)
+        except bentoml.exceptions.BentoMLException as exc:
+            if int(getattr(exc, "error_code", 500)) in (429, 503):
+                raise ServiceError("overloaded", 503, "inference is overloaded; retry shortly") from None
+            raise
+        except Exception as exc:
+            # connection trouble with the inference processes (aiohttp errors under overload, a restart)
+            if not isinstance(exc, OSError | TimeoutError) and type(exc).__module__.split(".")[0] != "aiohttp":
+                raise
+            logger.warning("inference call failed: %r", exc)
+            raise ServiceError("inference_unavailable", 503, "inference is unavailable; retry shortly") from None
+
+    async def describe(self) -> dict[str, Any]:
+        return await self.models.to_async.describe()

@@ -1,0 +1,271 @@
+"""The HTTP routes (a Starlette app, mounted on the BentoML front end service).
+
+  POST /classify       multipart form: one or more `images` file fields, optional `model` field
+  POST /classify/raw   body = the image bytes, Content-Type image/jpeg|png|tiff|fits; ?model=NAME
+  GET  /models         the served models' cards and classes, the active ONNX Runtime provider, the default model
+  POST /feedback       {"request_id": "...", "label": index or class name of the model that predicted}
+  GET  /openapi.json   OpenAPI document of these endpoints
+
+Every answer speaks the class names of the model that made it (its card's `class_names`).
+Errors are ServiceErrors, answered as {"error": message, "kind": kind, "status": code}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from galaxyvit.preprocess import eval_crop
+from serving.catalog import Catalog, ServedModel
+from serving.config import ServingConfig
+from serving.decode import check_content_type, decode_image
+from serving.errors import ServiceError, error_response, starlette_error
+from serving.inference import InferenceClient
+from serving.metrics import get_metrics
+from serving.openapi import build_openapi
+from serving.store import FeedbackExists, PredictionStore, UnknownRequest
+
+FEEDBACK_SHAPE = '{"request_id": "...", "label": class index or class name}'
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ServiceError("bad_request", 400, f"bad Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise ServiceError("too_large", 413, f"request body of {declared} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServiceError("too_large", 413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def label_index(value: Any, classes: list[str]) -> int | None:
+    """The index `value` names among `classes`, given as an index or as a class name; None if it names none."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(classes):
+        return value
+    if isinstance(value, str) and value in classes:
+        return classes.index(value)
+    return None
+
+
+def parse_label(value: Any, model: ServedModel) -> int:
+    """A feedback label for a prediction of `model`; one its classes do not have is a 400 `bad_label`."""
+    index = label_index(value, model.classes)
+    if index is None:
+        raise ServiceError(
+            "bad_label",
+            400,
+            f"label must be an integer 0..{len(model.classes) - 1} or one of the classes of model {model.name!r} "
+            f"{model.classes}, not {value!r}",
+        )
+    return index
+
+
+class Handlers:
+    """What the routes do, for one API worker: decoding, limits, the evaluation crop, the prediction store."""
+
+    def __init__(
+        self, catalog: Catalog, config: ServingConfig, store: PredictionStore, inference: InferenceClient
+    ) -> None:
+        self.catalog = catalog
+        self.config = config
+        self.store = store
+        self.inference = inference
+        self.metrics = get_metrics()
+        self._providers: dict[str, Any] | None = None
+
+    async def predict(self, model: ServedModel, blobs: list[bytes]) -> list[dict[str, Any]]:
+        """Decode, crop, batch through the inference service, record and format one result per image."""
+        prep = model.card.prep
+        max_pixels = self.config.max_pixels
+        # decoding is CPU work: a thread keeps the event loop (health checks, other requests) responsive
+        crops = await asyncio.to_thread(lambda: [eval_crop(decode_image(b, max_pixels), prep) for b in blobs])
+        probs = await self.inference.infer([{"model": model.name, "x": x, "t": time.time()} for x in crops])
+        classes = model.classes
+        results, rows = [], []
+        for p in probs:
+            p = np.asarray(p, np.float64)
+            label = int(np.argmax(p))
+            request_id = uuid.uuid4().hex
+            rows.append((request_id, model.name, label))
+            self.metrics.predictions.labels(model.name, classes[label]).inc()
+            results.append(
+                {
+                    "request_id": request_id,
+                    "model": model.name,
+                    "model_version": model.card.version,
+                    "label": label,
+                    "class_name": classes[label],
+                    "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+                }
+            )
+        await asyncio.to_thread(self.store.add, rows)
+        return results
+
+    async def classify(self, request: Request) -> Response:
+        body = await read_body(request, self.config.max_upload_bytes)
+        if not body:
+            raise ServiceError(
+                "empty_body", 400, "empty request: send multipart form data with one or more `images` files"
+            )
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "multipart/form-data":
+            raise ServiceError(
+                "unsupported_media_type",
+                415,
+                f"POST /classify takes multipart/form-data (fields `images`, `model`), not {media or '(none)'!r}; "
+                "send raw image bytes to /classify/raw",
+            )
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=self.config.max_images + 1, max_fields=16)
+        except Exception as exc:
+            raise ServiceError(
+                "bad_multipart", 400, f"malformed multipart body: {getattr(exc, 'detail', exc)}"
+            ) from None
+        try:
+            files = form.getlist("images")
+            if any(isinstance(f, str) for f in files):
+                raise ServiceError("bad_multipart", 400, "`images` fields must be files, not text")
+            if not files:
+                raise ServiceError("no_images", 400, "no `images` file in the form")
+            if len(files) > self.config.max_images:
+                raise ServiceError(
+                    "too_many_images",
+                    413,
+                    f"{len(files)} images in one request exceed the limit of {self.config.max_images}",
+                )
+            requested = form.get("model")
+            if requested is not None and not isinstance(requested, str):
+                raise ServiceError("bad_multipart", 400, "`model` must be a text field")
+            model = self.catalog.get(requested)
+            blobs = [await f.read() for f in files if not isinstance(f, str)]
+        finally:
+            await form.close()
+        return JSONResponse({"model": model.name, "predictions": await self.predict(model, blobs)})
+
+    async def classify_raw(self, request: Request) -> Response:
+        check_content_type(request.headers.get("content-type"))
+        model = self.catalog.get(request.query_params.get("model"))
+        body = await read_body(request, self.config.max_upload_bytes)
+        (result,) = await self.predict(model, [body])
+        return JSONResponse(result)
+
+    async def list_models(self, request: Request) -> Response:
+        if self._providers is None:
+            self._providers = await self.inference.describe()
+        models = [
+            {"name": m.name, "classes": m.classes, **m.card.to_dict(), **self._providers[m.name]}
+            for m in self.catalog.models.values()
+        ]
+        return JSONResponse({"default": self.catalog.default, "models": models})
+
+    async def feedback(self, request: Request) -> Response:
+        body = await read_body(request, 64 * 1024)
+        try:
+            data = json.loads(body or b"null")
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested deeper than the parser recurses
+            raise ServiceError("bad_json", 400, f"feedback must be JSON: {FEEDBACK_SHAPE}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("request_id"), str) or "label" not in data:
+            raise ServiceError("bad_json", 400, f"feedback must be {FEEDBACK_SHAPE}")
+        request_id, label = data["request_id"], data["label"]
+        if all(label_index(label, m.classes) is None for m in self.catalog.models.values()):
+            # refused before the store is asked which model made the prediction
+            raise ServiceError(
+                "bad_label", 400, f"label must be a class index or a class name of the predicting model, not {label!r}"
+            )
+        try:
+            model = self.catalog.get(await asyncio.to_thread(self.store.model_of, request_id))
+            true_label = parse_label(label, model)
+            _, predicted, correct = await asyncio.to_thread(self.store.feedback, request_id, true_label)
+        except UnknownRequest:
+            raise ServiceError(
+                "unknown_request_id",
+                404,
+                f"unknown request_id {request_id!r} (never issued, or older than the last "
+                f"{self.config.store_size} predictions)",
+            ) from None
+        except FeedbackExists:
+            raise ServiceError(
+                "duplicate_feedback", 409, f"feedback for request_id {request_id!r} was already recorded"
+            ) from None
+        return JSONResponse(
+            {
+                "request_id": request_id,
+                "model": model.name,
+                "predicted": predicted,
+                "label": true_label,
+                "correct": correct,
+                "online_accuracy": await self.online_accuracy(model, true_label, correct),
+            }
+        )
+
+    async def online_accuracy(self, model: ServedModel, true_label: int, correct: bool) -> dict[str, Any]:
+        """Count one feedback in the metrics; the model's accuracy from all feedback so far, overall and per class."""
+        classes = model.classes
+        self.metrics.feedback.labels(model.name, classes[true_label]).inc()
+        if correct:
+            self.metrics.feedback_correct.labels(model.name, classes[true_label]).inc()
+        counts = await asyncio.to_thread(self.store.counts, model.name)
+        total = sum(t for t, _ in counts.values())
+        right = sum(c for _, c in counts.values())
+        self.metrics.online_accuracy.labels(model.name, "all").set(right / total)
+        per_class = {}
+        for label, (t, c) in sorted(counts.items()):
+            per_class[classes[label]] = {"total": t, "correct": c, "accuracy": c / t}
+            self.metrics.online_accuracy.labels(model.name, classes[label]).set(c / t)
+        return {"total": total, "correct": right, "accuracy": right / total, "per_class": per_class}
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(build_openapi(self.catalog, self.config))
+
+
+Handler = Callable[[Handlers, Request], Awaitable[Response]]
+
+
+def http_app(config: ServingConfig) -> Starlette:
+    """The routes. They answer with `app.state.handlers`, set when the service instance starts in a worker
+    (serving/deployment.py); until then they answer 503 `not_ready`."""
+
+    def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            handlers: Handlers | None = getattr(request.app.state, "handlers", None)
+            try:
+                if handlers is None:
+                    raise ServiceError("not_ready", 503, "service is starting")
+                return await handler(handlers, request)
+            except ServiceError as exc:
+                return error_response(exc, config.retry_after_s)
+
+        return endpoint
+
+    return Starlette(
+        exception_handlers={HTTPException: starlette_error},
+        routes=[
+            Route("/classify", route(Handlers.classify), methods=["POST"]),
+            Route("/classify/raw", route(Handlers.classify_raw), methods=["POST"]),
+            Route("/models", route(Handlers.list_models), methods=["GET"]),
+            Route("/feedback", route(Handlers.feedback), methods=["POST"]),
+            Route("/openapi.json", route(Handlers.openapi), methods=["GET"]),
+        ],
+    )
