@@ -42,11 +42,21 @@ class Preprocessing:
         )
 
 
+# The normalisation of each model family (the study's): GZ2 statistics for the models trained from
+# scratch, 0.5/0.5 for the pre-trained ViT-Base. training/families.py holds the rest of each family.
+NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "vit": (STUDY_MEAN, STUDY_STD),
+    "linformer": (STUDY_MEAN, STUDY_STD),
+    "vitbase": (VITBASE_MEAN, VITBASE_STD),
+}
+
+
 def preprocessing_for(family: str, image_size: int = 224) -> Preprocessing:
-    """The study's normalisation: GZ2 statistics for models trained from scratch, 0.5/0.5 for ViT-Base."""
-    if family == "vitbase":
-        return Preprocessing(crop=image_size, size=image_size, mean=VITBASE_MEAN, std=VITBASE_STD)
-    return Preprocessing(crop=image_size, size=image_size)
+    """What a model of `family` expects: the centre crop of its image size, the family's normalisation."""
+    if family not in NORMALISATION:
+        raise ValueError(f"unknown model family {family!r}: choose one of {', '.join(NORMALISATION)}")
+    mean, std = NORMALISATION[family]
+    return Preprocessing(crop=image_size, size=image_size, mean=mean, std=std)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 
+from training.families import FAMILIES
+
 RUNS_FILE = Path(__file__).with_name("runs.toml")
-FAMILIES = ("vit", "linformer", "vitbase")
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,25 @@ def get_run(run_id: str) -> Run:
     close = difflib.get_close_matches(run_id, runs, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise KeyError(f"unknown run {run_id!r}.{hint} `galaxyvit runs` lists all {len(runs)} runs.")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """--set key=value overrides of run fields (numbers, booleans and strings)."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            overrides[key] = low == "true"
+            continue
+        for cast in (int, float):
+            try:
+                overrides[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key] = value
+    return overrides
