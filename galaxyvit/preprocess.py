@@ -14,10 +14,11 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-STUDY_MEAN = (0.094, 0.0815, 0.063)
-STUDY_STD = (0.1303, 0.11, 0.0913)
-VITBASE_MEAN = (0.5, 0.5, 0.5)
-VITBASE_STD = (0.5, 0.5, 0.5)
+RGB = tuple[float, float, float]
+STUDY_MEAN: RGB = (0.094, 0.0815, 0.063)
+STUDY_STD: RGB = (0.1303, 0.11, 0.0913)
+VITBASE_MEAN: RGB = (0.5, 0.5, 0.5)
+VITBASE_STD: RGB = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Preprocessing:
 
 # The normalisation of each model family (the study's): GZ2 statistics for the models trained from
 # scratch, 0.5/0.5 for the pre-trained ViT-Base. training/families.py holds the rest of each family.
-NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+NORMALISATION: dict[str, tuple[RGB, RGB]] = {  # family -> (mean, std)
     "vit": (STUDY_MEAN, STUDY_STD),
     "linformer": (STUDY_MEAN, STUDY_STD),
     "vitbase": (VITBASE_MEAN, VITBASE_STD),

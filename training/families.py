@@ -89,9 +89,8 @@ def _rebuild_vitbase(run: Run, checkpoint: dict) -> nn.Module:
     from training.vitbase import build_vitbase
 
     config = ViTConfig.from_dict(json.loads(checkpoint["hf_config"]))
-    return build_vitbase(
-        num_classes=config.num_labels, fine_tune=run.fine_tune is not False, pretrained=False, config=config
-    )
+    num_classes = config.num_labels or len(checkpoint["class_names"])
+    return build_vitbase(num_classes=num_classes, fine_tune=run.fine_tune is not False, pretrained=False, config=config)
 
 
 def _int(run: Run, name: str) -> int:

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from training.families import FAMILIES
 
@@ -57,7 +58,7 @@ class Run:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown run field(s): {', '.join(sorted(unknown))}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
     def with_overrides(self, **overrides) -> Run:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """torch / CUDA / numpy / python RNG states as tensors and plain lists (torch.load(weights_only=True) safe)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    name, keys, pos, has_gauss, cached = cast(tuple, np.random.get_state(legacy=True))
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),

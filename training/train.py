@@ -119,9 +119,9 @@ def validate(
     labels = torch.tensor([split.labels[i] for i in idx], dtype=torch.long)
     log_probs = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
     weights = class_weights.cpu()
-    loss_sum = nn.functional.nll_loss(log_probs, labels, weight=weights, reduction="sum")
-    correct = (log_probs.argmax(1) == labels).sum()
-    totals = [float(loss_sum), float(weights[labels].sum()), float(correct), float(len(idx))]
+    weighted_loss = nn.functional.nll_loss(log_probs, labels, weight=weights, reduction="sum")
+    hits = (log_probs.argmax(1) == labels).sum()
+    totals = [float(weighted_loss), float(weights[labels].sum()), float(hits), float(len(idx))]
     loss_sum, weight_sum, correct, seen = procs.all_reduce(totals, plan.device)
     return Validation(loss=loss_sum / max(weight_sum, 1e-12), acc=correct / max(seen, 1))
 
