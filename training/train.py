@@ -66,9 +66,14 @@ class TrainState:
 
     def shared(self) -> dict:
         """What is the same on every process, as plain data for last.pt."""
-        history = [asdict(record) for record in self.history]
-        progress = {"epoch": self.epoch, "step": self.step, "stale": self.stale, "history": history}
-        return {**progress, "best_acc": self.best_acc, "best_epoch": self.best_epoch}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+            "history": [asdict(record) for record in self.history],
+        }
 
     @classmethod
     def from_saved(cls, saved: dict, rank: int) -> TrainState:
