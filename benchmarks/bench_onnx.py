@@ -31,7 +31,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTConfig
 
-from training.export import OPSET, convert_fp16, export_onnx, ort_session, quantize_int8
+from training.export_gate import ort_session
+from training.export_variants import OPSET, convert_fp16, export_onnx, quantize_int8
 from training.models import build_model
 from training.registry import get_run
 from training.vitbase import build_vitbase

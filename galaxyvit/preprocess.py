@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-STUDY_MEAN = (0.094, 0.0815, 0.063)
-STUDY_STD = (0.1303, 0.11, 0.0913)
-VITBASE_MEAN = (0.5, 0.5, 0.5)
-VITBASE_STD = (0.5, 0.5, 0.5)
+RGB = tuple[float, float, float]
+STUDY_MEAN: RGB = (0.094, 0.0815, 0.063)
+STUDY_STD: RGB = (0.1303, 0.11, 0.0913)
+VITBASE_MEAN: RGB = (0.5, 0.5, 0.5)
+VITBASE_STD: RGB = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,21 @@ def _rgb(values: Any) -> tuple[float, float, float]:
     return red, green, blue
 
 
+# The normalisation of each model family (the study's): GZ2 statistics for the models trained from
+# scratch, 0.5/0.5 for the pre-trained ViT-Base. training/families.py holds the rest of each family.
+NORMALISATION: dict[str, tuple[RGB, RGB]] = {  # family -> (mean, std)
+    "vit": (STUDY_MEAN, STUDY_STD),
+    "linformer": (STUDY_MEAN, STUDY_STD),
+    "vitbase": (VITBASE_MEAN, VITBASE_STD),
+}
+
+
 def preprocessing_for(family: str, image_size: int = 224) -> Preprocessing:
-    """The study's normalisation: GZ2 statistics for models trained from scratch, 0.5/0.5 for ViT-Base."""
-    if family == "vitbase":
-        return Preprocessing(crop=image_size, size=image_size, mean=VITBASE_MEAN, std=VITBASE_STD)
-    return Preprocessing(crop=image_size, size=image_size)
+    """What a model of `family` expects: the centre crop of its image size, the family's normalisation."""
+    if family not in NORMALISATION:
+        raise ValueError(f"unknown model family {family!r}: choose one of {', '.join(NORMALISATION)}")
+    mean, std = NORMALISATION[family]
+    return Preprocessing(crop=image_size, size=image_size, mean=mean, std=std)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:

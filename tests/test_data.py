@@ -13,18 +13,10 @@ from PIL import Image
 from tiny_galaxies import HEADER, galaxy_image, write_three_class_folder, write_tiny_dataset
 
 from galaxyvit.classes import CLASS_NAMES
-from galaxyvit.paths import REAL_SAMPLE_IMAGES
+from galaxyvit.paths import GZ2_SPLITS, REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_array, preprocessing_for
-from training.data import (
-    BadImages,
-    DataConfig,
-    DataError,
-    EpochSampler,
-    ImageDataset,
-    collate,
-    load_data,
-    read_split_csv,
-)
+from training.data import DataConfig, DataError, load_data, read_split_csv
+from training.loader import BadImages, EpochSampler, ImageDataset, collate
 from training.transforms import random_resized_crop_box, sample_rng, train_array, train_image
 
 PREP = preprocessing_for("linformer")
@@ -88,7 +80,7 @@ def test_missing_and_truncated_images_are_counted_and_skipped(tiny, tmp_path, ca
 def test_limit_caps_every_split(tiny):
     data = load_data(DataConfig(kind="gz2", dataset=str(tiny), limit=3))
     assert {name: len(split) for name, split in data.splits.items()} == {"train": 3, "valid": 3, "test": 3}
-    with pytest.raises(DataError, match="needs --dataset DIR or --splits DIR --images DIR"):
+    with pytest.raises(DataError, match="needs --images DIR"):
         load_data(DataConfig(kind="gz2"))
 
 
@@ -158,3 +150,43 @@ def test_epoch_sampler_orders_shards_and_skips():
 
 def test_class_names_default_to_gz2(tiny):
     assert load_data(DataConfig(kind="gz2", dataset=str(tiny))).class_names == CLASS_NAMES
+
+
+def test_gz2_uses_the_packaged_split_files_with_images_alone(tmp_path):
+    """`--data gz2 --images DIR`: the study's split files in data/gz2_splits; rows without an image are skipped."""
+    first_ids = {}
+    for split in ("train", "valid", "test"):
+        lines = (GZ2_SPLITS / f"gz2_{split}.csv").read_text().splitlines()[1:4]
+        first_ids[split] = [line.split(",")[0] for line in lines]
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for galaxy_id in sum(first_ids.values(), []):
+        galaxy_image(0, rng, size=64).save(tmp_path / "images" / f"{galaxy_id}.jpg")
+    data = load_data(DataConfig(kind="gz2", images=str(tmp_path / "images")), quiet=True)
+    assert data.path == GZ2_SPLITS and data.class_names == CLASS_NAMES and data.is_study_gz2
+    assert {name: split.ids for name, split in data.splits.items()} == first_ids
+    assert data.splits["train"].csv_path == GZ2_SPLITS / "gz2_train.csv"
+
+
+def test_split_pattern_names_the_split_files(tiny, tmp_path):
+    root = tmp_path / "renamed"
+    shutil.copytree(tiny, root)
+    for split in ("train", "valid", "test"):
+        (root / f"gz2_{split}.csv").rename(root / f"galaxies_{split}_v2.csv")
+    with pytest.raises(DataError, match=r"expected gz2_train\.csv or train\.csv"):
+        load_data(DataConfig(kind="gz2", dataset=str(root)))
+    data = load_data(DataConfig(kind="gz2", dataset=str(root), split_pattern="galaxies_{split}_v2.csv"))
+    assert {name: len(split) for name, split in data.splits.items()} == {"train": 16, "valid": 8, "test": 8}
+    assert data.splits["valid"].csv_path.name == "galaxies_valid_v2.csv"
+    with pytest.raises(DataError, match=r"no split file for 'train' .*expected train\.csv"):
+        load_data(DataConfig(kind="gz2", dataset=str(root), split_pattern="{split}.csv"))
+    for bad in ("galaxies.csv", "{name}.csv", "../{split}.csv"):
+        with pytest.raises(DataError, match="split pattern"):
+            load_data(DataConfig(kind="gz2", dataset=str(root), split_pattern=bad))
+    three = tmp_path / "three"
+    write_three_class_folder(tiny, three)
+    (three / "classes.json").write_text('["a", "b", "c"]')
+    for split in ("train", "valid", "test"):
+        (three / f"{split}.csv").rename(three / f"part-{split}.csv")
+    folder = load_data(DataConfig(kind="folder", dataset=str(three), split_pattern="part-{split}.csv"))
+    assert folder.num_classes == 3 and len(folder.splits["train"]) == 16 and not folder.is_study_gz2

@@ -1,4 +1,6 @@
-"""Data-parallel training: 2 gloo processes on CPU match 1 process with the same global batch."""
+"""Data-parallel training: 2 gloo processes on CPU match 1 process with the same global batch, with
+uniform and with non-uniform class weights (the loss is the global weighted mean, not a mean of
+per-process weighted means)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_galaxies import write_tiny_dataset
 
@@ -21,9 +24,15 @@ def history(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    dataset = write_tiny_dataset(tmp_path / "data", n_train=32, n_valid=8, n_test=8)
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_tiny_dataset(tmp_path_factory.mktemp("ddp") / "data", n_train=32, n_valid=8, n_test=8)
+
+
+@pytest.mark.parametrize("class_weights", ["uniform", "1,2,3,1,0.5,1,4,9"])
+def test_two_gloo_processes_match_one_process(dataset, tmp_path, class_weights):
     args = ["linformer-010522", "--data", "gz2", "--dataset", str(dataset), "--epochs", "2", "--batch-size", "8"]
+    args += ["--class-weights", class_weights]
     # dropout 0: the two set-ups draw dropout masks from different generators, nothing else differs
     args += ["--set", "depth=1", "--set", "dim=32", "--set", "heads=2", "--set", "k=8", "--set", "dropout=0"]
     args += ["--seed", "1", "--workers", "0", "--threads", "1", "--no-progress", "--results", ""]

@@ -1,4 +1,5 @@
-"""ONNX export: parity gate for all three families, model cards, integrity check, --best, registration."""
+"""ONNX export: parity gate for all three families, model cards, integrity check, --best, registration,
+the class-stratified validation sample of the gate."""
 
 import json
 import shutil
@@ -7,16 +8,20 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_galaxies import HEADER, galaxy_image
 from transformers import ViTConfig
 
 from app.cli import main as cli_main
 from galaxyvit.card import CardError, IntegrityError, load_card, load_verified
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
+from galaxyvit.preprocess import Preprocessing
 from galaxyvit.store import model_store, tag
-from training import export
+from training import export, export_gate
 from training.checkpoint import save_model
-from training.export import ExportError, export_checkpoint, ort_session
+from training.export import ExportError, export_checkpoint
+from training.export_gate import gate_inputs, ort_session, read_valid_split, stratified_sample
+from training.metrics import RunMetrics
 from training.models import build_model
 from training.onnx_graph import export_ready
 from training.registry import get_run
@@ -138,7 +143,7 @@ def test_quantised_variants_record_drift_and_accuracy(checkpoints, valid_dir, tm
     assert [c.variant for c in cards] == ["fp32", "int8", "fp16"]
     for card in cards[1:]:
         assert 0 < card.parity["max_abs_logit_diff"] < 1.0  # quantised: drift is real and recorded
-        assert card.parity["valid_acc_change"] >= -export.MAX_ACC_DROP
+        assert card.parity["valid_acc_change"] >= -export_gate.MAX_ACC_DROP
         assert card.version == cards[0].version and card.sha256 != cards[0].sha256
         path, _ = load_verified(tmp_path / "q", card.variant)
         logits = ort_session(path).run(["logits"], {"images": np.zeros((2, 3, 224, 224), np.float32)})[0]
@@ -170,7 +175,7 @@ def test_corrupted_artifact_and_bad_cards_are_refused(checkpoints, tmp_path):
 
 def test_failed_fp32_gate_writes_and_registers_nothing(checkpoints, tmp_path, bentoml_home, monkeypatch):
     out = tmp_path / "models"
-    monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)  # no export can meet it
+    monkeypatch.setattr(export_gate, "FP32_TOLERANCE", -1.0)  # no export can meet it
     with pytest.raises(ExportError, match="fp32 parity gate failed"):
         export_checkpoint(checkpoints["vit-110321"], out_root=out, quiet=True)
     assert list(out.iterdir()) == []  # no model folder, no temp folder
@@ -178,7 +183,7 @@ def test_failed_fp32_gate_writes_and_registers_nothing(checkpoints, tmp_path, be
 
 
 def test_quantised_variant_refused_alone(checkpoints, valid_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, "MAX_ACC_DROP", -1.0)  # demands a 100-point accuracy gain: int8 must be refused
+    monkeypatch.setattr(export_gate, "MAX_ACC_DROP", -1.0)  # demands a 100-point accuracy gain: int8 is refused
     cards = export_checkpoint(
         checkpoints["vit-110321"], out_root=tmp_path, variants=("int8",), valid_dir=valid_dir, register=False
     )
@@ -190,10 +195,23 @@ def test_quantised_variant_refused_alone(checkpoints, valid_dir, tmp_path, monke
 def test_best_picks_highest_valid_acc(checkpoints, tmp_path, capsys):
     results = tmp_path / "results"
     for run_dir, acc, with_checkpoint in [("a", 0.41, True), ("b", 0.63, True), ("c", 0.55, True), ("d", 0.9, False)]:
-        (results / run_dir).mkdir(parents=True)
-        metrics = {"run_id": f"vit-{run_dir}", "family": "vit", "valid_acc": acc, "test_acc": acc - 0.01}
-        metrics |= {"per_class_acc": [acc] * 8, "confusion_matrix": np.eye(8).tolist()}
-        (results / run_dir / "metrics.json").write_text(json.dumps(metrics))
+        (results / run_dir).mkdir(parents=True, exist_ok=True)
+        RunMetrics(
+            run_id=f"vit-{run_dir}",
+            family="vit",
+            split="test",
+            test_acc=acc - 0.01,
+            per_class_acc=[acc] * 8,
+            macro_recall=acc,
+            macro_f1=acc,
+            confusion_matrix=np.eye(8).tolist(),
+            confusion_counts=np.eye(8, dtype=int).tolist(),
+            n_evaluated=8,
+            n_unreadable=0,
+            class_names=list(CLASS_NAMES),
+            data={"kind": "gz2", "path": "gz2_splits", "n_train": 8, "n_valid": 8, "n_test": 8},
+            valid_acc=acc,
+        ).save(results / run_dir / "metrics.json")
         if with_checkpoint:
             shutil.copy(checkpoints["vit-110321"], results / run_dir / "best.pt")
     out = tmp_path / "models"
@@ -211,3 +229,31 @@ def test_cli_reports_a_bad_checkpoint(tmp_path, capsys):
     assert cli_main(["export", str(tmp_path / "best.pt"), "--out", str(tmp_path / "m"), "--no-register"]) == 1
     assert "unreadable" in capsys.readouterr().err
     assert not (tmp_path / "m").exists() or list((tmp_path / "m").iterdir()) == []
+
+
+def write_class_sorted_valid(root, counts: list[int]) -> list[int]:
+    """root/valid.csv sorted by class (counts[c] rows of class c) + tiny JPEGs in root/images; the labels."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    rows = []
+    for i, label in enumerate(labels):
+        galaxy_image(label, rng, size=32).save(root / "images" / f"{500 + i}.jpg")
+        rows.append(f"{500 + i},{label},0,0,0\n")
+    (root / "valid.csv").write_text(HEADER + "".join(rows))
+    return labels
+
+
+def test_gate_samples_validation_images_stratified_by_class(tmp_path):
+    """On a CSV sorted by class, the gate's validation images are every class in its share, not the first rows."""
+    labels = write_class_sorted_valid(tmp_path, [40, 20, 10, 10])  # 80 rows: 50%, 25%, 12.5%, 12.5%
+    paths, picked = read_valid_split(tmp_path, 16, num_classes=4)
+    assert np.bincount(picked, minlength=4).tolist() == [8, 4, 2, 2]
+    assert [int(p.stem) - 500 for p in paths] != list(range(16))  # not the first rows (all of class 0)
+    assert [labels[int(p.stem) - 500] for p in paths] == picked
+    assert read_valid_split(tmp_path, 16, num_classes=4) == (paths, picked)  # fixed seed: the same sample
+    inputs = gate_inputs(Preprocessing(), 4, valid_dir=tmp_path, samples_dir=None, max_valid=16)
+    assert inputs.kinds.count("valid") == 16 and inputs.labels.tolist() == picked
+    assert stratified_sample([0] * 5 + [1] * 5, 20) == list(range(10))  # fewer rows than the limit: all of them
+    spare = stratified_sample([0] * 3 + [1] * 3 + [2] * 3, 4)  # 4 places for 3 equal classes: one gets two
+    assert len(spare) == 4 and sorted(np.bincount([(i // 3) for i in spare], minlength=3).tolist()) == [1, 1, 2]

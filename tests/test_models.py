@@ -2,8 +2,11 @@ import pytest
 import torch
 
 from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.preprocess import NORMALISATION, STUDY_MEAN, VITBASE_MEAN, preprocessing_for
+from training.checkpoint import model_from_checkpoint, save_model
+from training.families import FAMILIES, family
 from training.models import build_model, count_trainable_params
-from training.registry import get_run
+from training.registry import get_run, load_runs
 from training.vit import patchify
 from training.vitbase import build_vitbase
 
@@ -77,3 +80,29 @@ def test_vitbase_frozen_trains_only_classifier(tmp_path):
 def test_vitbase_missing_weights_offline_is_an_error(tmp_path):
     with pytest.raises(OSError):
         build_vitbase(weights=tmp_path / "nowhere")
+
+
+def test_family_registry_covers_every_run_and_the_core_normalisation():
+    assert set(FAMILIES) == set(NORMALISATION) == {run.family for run in load_runs().values()}
+    assert family("linformer").preprocessing(get_run("linformer-010522")).mean == STUDY_MEAN
+    assert preprocessing_for("vitbase").mean == VITBASE_MEAN
+    with pytest.raises(ValueError, match="unknown model family 'resnet'"):
+        family("resnet")
+    with pytest.raises(ValueError, match="unknown model family 'resnet'"):
+        preprocessing_for("resnet")
+    columns = {r: family(get_run(r).family).architecture(get_run(r)) for r in ("linformer-010522B", "vit-110321")}
+    assert columns == {"linformer-010522B": "p16 d7 dim128 k16 h4 kv:separate", "vit-110321": "p16 d8 dim128 mlp32 h8"}
+    assert family("vitbase").architecture(get_run("vitbase-121121")) == "frozen backbone"
+
+
+@pytest.mark.parametrize("run_id", ["vit-110321", "linformer-010522"])
+def test_family_rebuild_gives_the_saved_architecture(run_id, tmp_path):
+    run = get_run(run_id).with_overrides(depth=1)
+    torch.manual_seed(0)
+    model = family(run.family).build(run, 3, False, None).eval()
+    save_model(tmp_path / "best.pt", model, run, epoch=1, valid_acc=0.5, class_names=["a", "b", "c"])
+    again, data = model_from_checkpoint(tmp_path / "best.pt")
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(images), again(images)) and again(images).shape == (2, 3)
+    assert data["class_weights"] is None and data["preprocessing"] == preprocessing_for(run.family).to_dict()

@@ -113,16 +113,18 @@ def test_inverse_frequency_matches_study_on_gz2_train():
     with open(GZ2_SPLITS / "gz2_train.csv") as f:
         counts = Counter(int(row["label1"]) for row in csv.DictReader(f))
     weights = class_weights.resolve("inverse_frequency", [counts[c] for c in range(8)])
-    assert [round(w, 2) for w in weights] == list(class_weights.PRESETS["study_inverse"])
+    assert [round(w, 2) for w in weights] == list(class_weights.STUDY_PRESETS["study_inverse"])
 
 
-@pytest.mark.parametrize("spec", ["1,2,3", "1,1,1,1,1,1,1,0", "1,1,1,1,1,1,1,-2", "heavy"])
+@pytest.mark.parametrize("spec", ["1,1,1,1,1,1,1,0", "1,1,1,1,1,1,1,-2", "heavy", "1,,2"])
 def test_bad_class_weights_are_clear_errors(spec):
     with pytest.raises(ValueError, match="class weights"):
         class_weights.parse(spec)
 
 
 def test_custom_class_weights():
-    assert class_weights.resolve("1,1,2,1,1,1,3,9") == (1, 1, 2, 1, 1, 1, 3, 9)
-    with pytest.raises(ValueError, match="label counts"):
-        class_weights.resolve("inverse_frequency")
+    counts = [10] * 8
+    assert class_weights.resolve("1,1,2,1,1,1,3,9", counts) == (1, 1, 2, 1, 1, 1, 3, 9)
+    with pytest.raises(ValueError, match="exactly 8 values"):
+        class_weights.resolve("1,2,3", counts)
+    assert class_weights.resolve("1,2,3", [4, 4, 4]) == (1, 2, 3)

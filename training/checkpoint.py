@@ -1,24 +1,24 @@
 """Model checkpoints: atomic writes, `weights_only=True` loads, and rebuilding a model from one.
 
 `best.pt` (what export and evaluation consume) holds only tensors and plain data:
-  format, model (state_dict), run (Run.to_dict()), epoch, valid_acc, class_names,
-  preprocessing (Preprocessing.to_dict()), hf_config (JSON string, vitbase only, else None).
+  format, model (state_dict), run (Run.to_dict()), epoch, valid_acc, class_names, class_weights
+  (the loss weights used, or None), preprocessing (Preprocessing.to_dict()), hf_config (JSON string,
+  vitbase only, else None).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from galaxyvit.classes import CLASS_NAMES
-from galaxyvit.preprocess import preprocessing_for
-from training.models import build_model
+from training.families import family
 from training.registry import Run
 
 MODEL_FORMAT = "galaxyvit-model-v1"
@@ -58,7 +58,13 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_payload(
-    model: nn.Module, run: Run, *, epoch: int, valid_acc: float, class_names: tuple[str, ...] | list[str] = CLASS_NAMES
+    model: nn.Module,
+    run: Run,
+    *,
+    epoch: int,
+    valid_acc: float,
+    class_names: Sequence[str] = CLASS_NAMES,
+    class_weights: Sequence[float] | None = None,
 ) -> dict:
     """The content of best.pt for a model of `run` (weights on CPU)."""
     hf = getattr(model, "hf", None)
@@ -69,7 +75,8 @@ def model_payload(
         "epoch": int(epoch),
         "valid_acc": float(valid_acc),
         "class_names": list(class_names),
-        "preprocessing": preprocessing_for(run.family, run.image_size).to_dict(),
+        "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+        "preprocessing": family(run.family).preprocessing(run).to_dict(),
         "hf_config": hf.config.to_json_string() if hf is not None else None,
     }
 
@@ -81,26 +88,20 @@ def save_model(
     *,
     epoch: int,
     valid_acc: float,
-    class_names: tuple[str, ...] | list[str] = CLASS_NAMES,
+    class_names: Sequence[str] = CLASS_NAMES,
+    class_weights: Sequence[float] | None = None,
 ) -> None:
-    atomic_save(model_payload(model, run, epoch=epoch, valid_acc=valid_acc, class_names=class_names), path)
+    payload = model_payload(
+        model, run, epoch=epoch, valid_acc=valid_acc, class_names=class_names, class_weights=class_weights
+    )
+    atomic_save(payload, path)
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model stored in a checkpoint (eval mode, CPU) and return it with the checkpoint dict."""
     data = load_checkpoint(path)
     run = Run.from_dict(data["run"])
-    if run.family == "vitbase":
-        from transformers import ViTConfig
-
-        from training.vitbase import build_vitbase
-
-        config = ViTConfig.from_dict(json.loads(data["hf_config"]))
-        model = build_vitbase(
-            num_classes=config.num_labels, fine_tune=run.fine_tune is not False, pretrained=False, config=config
-        )
-    else:
-        model = build_model(run, num_classes=len(data.get("class_names", CLASS_NAMES)))
+    model = family(run.family).rebuild(run, data)
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as exc:

@@ -1,17 +1,19 @@
-"""Datasets for training and evaluation: GZ2 split files + JPEGs, any class list, or built-in synthetic galaxies.
+"""Where the data comes from: GZ2 split files + JPEGs, any class list, or built-in synthetic galaxies.
 
-All three kinds share one on-disk form: `<split>.csv` files with a `galaxyID` column and a label
+All three kinds share one on-disk form: one CSV per split with a `galaxyID` column and a label
 column (`label1` for GZ2, class index 0..K-1) plus a folder of `<galaxyID>.jpg` images.
 
-- `gz2`: `--dataset DIR` (DIR/gz2_{train,valid,test}.csv + DIR/images/) or `--splits DIR --images DIR`.
+- `gz2`: `--images DIR` alone (the study's split files packaged in data/gz2_splits/ are used),
+  `--splits DIR --images DIR`, or `--dataset DIR` (DIR/gz2_{train,valid,test}.csv + DIR/images/).
 - `folder`: `--dataset DIR` with `{train,valid,test}.csv` (or `gz2_*.csv`), `images/`, and the class
   names in `classes.json` (a JSON list) or `classes.toml` (`classes = [...]`), or `--classes FILE`.
 - `synthetic` (default): `training.synthetic.write_dataset` writes data/synthetic-<n>-<seed>/ once
   (cached), then it is read like `gz2`.
+- `--split-pattern` names the split files of `gz2`/`folder` data, e.g. "{split}.csv" or
+  "galaxies_{split}.csv" (default: gz2_{split}.csv, else {split}.csv).
 
 Bad rows in a CSV stop the run with the file and line; missing or empty image files are dropped
-when the split is read, and unreadable or truncated JPEGs are skipped when loaded (the trainer
-reports each bad id once).
+when the split is read. Reading the images for torch is training/loader.py's job.
 """
 
 from __future__ import annotations
@@ -25,17 +27,16 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
-import torch
-from PIL import Image
 
 from galaxyvit.classes import CLASS_NAMES
-from galaxyvit.preprocess import Preprocessing, eval_array
-from training.transforms import sample_rng, train_array
+from galaxyvit.paths import GZ2_SPLITS
 
 KINDS = ("synthetic", "gz2", "folder")
 SPLITS = ("train", "valid", "test")
+DEFAULT_PATTERNS = ("gz2_{split}.csv", "{split}.csv")  # tried in this order when no --split-pattern is given
 ID_COLUMN = "galaxyID"
 LABEL_COLUMNS = ("label1", "label")
 SHOW_IDS = 5  # how many bad ids a report names
@@ -47,13 +48,14 @@ class DataError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the data comes from (the `--data/--dataset/--splits/--images/--classes/--limit` options)."""
+    """Where the data comes from: the --data, --dataset, --splits, --images, --classes, --split-pattern, --limit."""
 
     kind: str = "synthetic"
     dataset: str | None = None
     splits: str | None = None
     images: str | None = None
     classes: str | None = None
+    split_pattern: str | None = None
     limit: int | None = None
     synth_n: int = 3000
     synth_seed: int = 0
@@ -84,6 +86,16 @@ class Split:
         return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=num_classes).tolist()
 
 
+class DataSummary(TypedDict):
+    """Where a run's data came from, as metrics.json records it."""
+
+    kind: str
+    path: str
+    n_train: int
+    n_valid: int
+    n_test: int
+
+
 @dataclass
 class Data:
     kind: str
@@ -95,12 +107,19 @@ class Data:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def summary(self) -> dict:
-        return {
-            "kind": self.kind,
-            "path": str(self.path),
-            **{f"n_{name}": len(split) for name, split in self.splits.items()},
-        }
+    @property
+    def is_study_gz2(self) -> bool:
+        """GZ2 data on the study's 8 classes: only then do its figures compare with the study's."""
+        return self.kind == "gz2" and self.class_names == CLASS_NAMES
+
+    def summary(self) -> DataSummary:
+        return DataSummary(
+            kind=self.kind,
+            path=str(self.path),
+            n_train=len(self.splits["train"]),
+            n_valid=len(self.splits["valid"]),
+            n_test=len(self.splits["test"]),
+        )
 
 
 def read_split_csv(path: Path, num_classes: int) -> tuple[list[str], list[int]]:
@@ -159,23 +178,42 @@ def load_class_names(path: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _split_csv(folder: Path, split: str) -> Path:
-    for name in (f"gz2_{split}.csv", f"{split}.csv"):
-        if (folder / name).is_file():
-            return folder / name
-    raise DataError(f"no split file for {split!r} in {folder} (expected gz2_{split}.csv or {split}.csv)")
+def split_file(folder: Path, split: str, pattern: str | None = None) -> Path:
+    """The CSV of `split` in `folder`: named by `pattern` ("{split}.csv"), else gz2_{split}.csv or {split}.csv."""
+    patterns = (pattern,) if pattern else DEFAULT_PATTERNS
+    names = []
+    for p in patterns:
+        try:
+            names.append(p.format(split=split))
+        except (KeyError, IndexError, ValueError):
+            raise DataError(f"split pattern {p!r}: use {{split}} for the split name, e.g. '{{split}}.csv'") from None
+        if "{split}" not in p or "/" in names[-1]:
+            raise DataError(f"split pattern {p!r} must contain {{split}} and name a file, e.g. 'gz2_{{split}}.csv'")
+        if (folder / names[-1]).is_file():
+            return folder / names[-1]
+    raise DataError(f"no split file for {split!r} in {folder} (expected {' or '.join(names)})")
+
+
+def present_images(images_dir: Path) -> set[str]:
+    """File names of the non-empty files in an image folder (one directory scan)."""
+    if not images_dir.is_dir():
+        raise DataError(f"image folder {images_dir} does not exist")
+    return {entry.name for entry in os.scandir(images_dir) if entry.is_file() and entry.stat().st_size > 0}
 
 
 def read_splits(
-    splits_dir: Path, images_dir: Path, class_names: Sequence[str], limit: int | None = None, quiet: bool = False
+    splits_dir: Path,
+    images_dir: Path,
+    class_names: Sequence[str],
+    limit: int | None = None,
+    quiet: bool = False,
+    pattern: str | None = None,
 ) -> dict[str, Split]:
     """Read the three split CSVs; drop rows whose image file is missing or empty (one report for all)."""
-    if not images_dir.is_dir():
-        raise DataError(f"image folder {images_dir} does not exist")
-    present = {entry.name for entry in os.scandir(images_dir) if entry.is_file() and entry.stat().st_size > 0}
+    present = present_images(images_dir)
     splits: dict[str, Split] = {}
     for name in SPLITS:
-        csv_path = _split_csv(splits_dir, name)
+        csv_path = split_file(splits_dir, name, pattern)
         ids, labels = read_split_csv(csv_path, len(class_names))
         keep = [i for i, galaxy_id in enumerate(ids) if f"{galaxy_id}.jpg" in present]
         missing = [ids[i] for i in sorted(set(range(len(ids))) - set(keep))]
@@ -229,14 +267,14 @@ def load_data(cfg: DataConfig, quiet: bool = False, progress: bool = True) -> Da
         root = ensure_synthetic(cfg, progress=progress and not quiet)
         splits_dir, images_dir = root, root / "images"
     elif cfg.kind == "gz2":
-        if cfg.splits or cfg.images:
-            if not (cfg.splits and cfg.images):
-                raise DataError("--data gz2 needs both --splits DIR and --images DIR (or --dataset DIR)")
-            splits_dir, images_dir = Path(cfg.splits), Path(cfg.images)
-        elif cfg.dataset:
+        if cfg.images:  # the packaged split files of the study unless --splits names others
+            splits_dir, images_dir = Path(cfg.splits) if cfg.splits else GZ2_SPLITS, Path(cfg.images)
+        elif cfg.dataset and not cfg.splits:
             splits_dir, images_dir = Path(cfg.dataset), Path(cfg.dataset) / "images"
         else:
-            raise DataError("--data gz2 needs --dataset DIR or --splits DIR --images DIR")
+            raise DataError(
+                "--data gz2 needs --images DIR (with the packaged split files, or --splits DIR) or --dataset DIR"
+            )
         root = splits_dir
     else:  # folder
         if not cfg.dataset:
@@ -253,122 +291,6 @@ def load_data(cfg: DataConfig, quiet: bool = False, progress: bool = True) -> Da
         class_names = load_class_names(classes)
     if not splits_dir.is_dir():
         raise DataError(f"split folder {splits_dir} does not exist")
-    splits = read_splits(splits_dir, images_dir, class_names, cfg.limit, quiet=quiet)
+    pattern = cfg.split_pattern if cfg.kind != "synthetic" else None  # synthetic data is written as gz2_*.csv
+    splits = read_splits(splits_dir, images_dir, class_names, cfg.limit, quiet=quiet, pattern=pattern)
     return Data(cfg.kind, root, class_names, splits)
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Items (image tensor or None if unreadable, label, index). Train mode augments with a per-sample generator."""
-
-    def __init__(self, split: Split, prep: Preprocessing, train: bool = False, seed: int = 0):
-        self.split = split
-        self.prep = prep
-        self.train = train
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def load(self, index: int) -> Image.Image | None:
-        try:
-            with Image.open(self.split.image_path(index)) as image:
-                image.load()  # raises on truncated or corrupted files
-                return image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None
-
-    def __getitem__(self, index: int):
-        image = self.load(index)
-        label = self.split.labels[index]
-        if image is None:
-            return None, label, index
-        if self.train:
-            array = train_array(image, self.prep, sample_rng(self.seed, self.epoch, index))
-        else:
-            array = eval_array(image, self.prep)
-        return torch.from_numpy(array), label, index
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
-    bad: list[int]  # dataset indices of unreadable images left out of this batch
-
-    def pin_memory(self) -> Batch:
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices.pin_memory(), self.bad)
-
-
-def collate(items) -> Batch:
-    """Stack the readable items; remember the unreadable ones so the trainer can report them."""
-    good = [item for item in items if item[0] is not None]
-    bad = [item[2] for item in items if item[0] is None]
-    if good:
-        images = torch.stack([item[0] for item in good])
-    else:
-        images = torch.empty(0)
-    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
-    indices = torch.tensor([item[2] for item in good], dtype=torch.long)
-    return Batch(images, labels, indices, bad)
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """The shuffled order of one epoch, from a generator seeded by (seed, epoch) only, sharded over ranks.
-
-    Like DistributedSampler (pad to a multiple of the world size, rank r takes every r-th index),
-    plus `start`: skip the first `start` samples of this rank, which is how a mid-epoch resume
-    picks up at the exact batch where it stopped.
-    """
-
-    def __init__(
-        self, n: int, *, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world: int = 1, start: int = 0
-    ):
-        self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle
-        self.rank, self.world, self.start = rank, world, start
-
-    def order(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.world > 1:
-            total = -(-self.n // self.world) * self.world
-            order = (order + order[: total - self.n])[self.rank : total : self.world]
-        return order[self.start :]
-
-    def __iter__(self):
-        return iter(self.order())
-
-    def __len__(self) -> int:
-        return len(self.order())
-
-
-class BadImages:
-    """Unreadable images seen while loading: each id is reported once, with the first few ids."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, set[str]] = {}
-
-    def add(self, split: Split, indices: Sequence[int]) -> list[str]:
-        seen = self.seen.setdefault(split.name, set())
-        new = [split.ids[i] for i in indices if split.ids[i] not in seen]
-        seen.update(new)
-        return new
-
-    def report(self, split: Split, new: list[str]) -> None:
-        if new:
-            first = ", ".join(new[:SHOW_IDS])
-            print(
-                f"warning: {len(new)} unreadable or truncated images in split {split.name!r} skipped "
-                f"({len(self.seen[split.name])} so far; first ids: {first})",
-                file=sys.stderr,
-            )
-
-    def count(self) -> int:
-        return sum(len(s) for s in self.seen.values())

@@ -9,7 +9,9 @@ The images go through galaxyvit.preprocess.eval_array, the same transform that e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +19,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from galaxyvit.preprocess import Preprocessing, preprocessing_for
+from galaxyvit.preprocess import Preprocessing
 from training.checkpoint import CheckpointError, model_from_checkpoint
-from training.data import Data, DataConfig, DataError, ImageDataset, Split, collate, load_data
-from training.metrics import plot_confusion, summarize, write_json, write_predictions
+from training.data import Data, DataConfig, DataError, Split, load_data
+from training.loader import ImageDataset, make_loader
+from training.metrics import RunMetrics, plot_confusion, summarize, write_predictions
 from training.registry import Run
-
-
-def loader_for(dataset: ImageDataset, batch_size: int, indices: list[int], workers: int, pin: bool):
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=indices,
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=pin,
-        worker_init_fn=_worker_init if workers else None,
-        generator=torch.Generator(),  # iterator seeds come from here, never from the global RNG
-    )
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # loader workers decode JPEGs; the main process owns the cores for compute
 
 
 @torch.no_grad()
@@ -54,20 +40,22 @@ def predict(
     progress: bool = True,
     desc: str = "eval",
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Softmax probabilities of the readable images: (dataset indices, probs (N, K), unreadable indices)."""
+    """Softmax probabilities of the readable images: (dataset indices, probs (N, K), unreadable indices).
+
+    Always in fp32 (no autocast), whatever precision the model was trained in: validation accuracy
+    chooses the best epoch, and the test figures must be what the fp32 ONNX export serves.
+    """
     dataset = ImageDataset(split, prep, train=False)
     indices = list(range(len(split))) if indices is None else indices
-    loader = loader_for(dataset, batch_size, indices, workers, device.type == "cuda")
+    loader = make_loader(dataset, batch_size, indices, workers, device)
     was_training = model.training
     model.eval()
     all_idx, all_probs, bad = [], [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         bad.extend(batch.bad)
         if not len(batch.labels):
             continue
-        with autocast:
-            logits = model(batch.images.to(device, non_blocking=True))
+        logits = model(batch.images.to(device, non_blocking=True))
         all_probs.append(torch.softmax(logits.float(), dim=1).cpu())
         all_idx.append(batch.indices)
     model.train(was_training)
@@ -76,9 +64,29 @@ def predict(
     return torch.cat(all_idx).numpy(), torch.cat(all_probs).numpy(), bad
 
 
-def split_report(
-    model: nn.Module,
-    run: Run,
+@dataclass
+class TrainingOutcome:
+    """What only the trainer knows about a run, for its metrics.json."""
+
+    train_acc: float  # at the best epoch
+    epochs_trained: int
+    precision: str
+
+
+def compare_with_study(out_dir: Path, galaxy_ids: list[str], y_true: list[int], y_pred: list[int]) -> Path | None:
+    """study_comparison.md/.json beside the report when the split is the study's GZ2 test split, else None.
+
+    The comparison itself is training/study_comparison.py's; this is where the test-split report calls it.
+    """
+    if importlib.util.find_spec("training.study_comparison") is None:
+        return None
+    from training.study_comparison import write_study_comparison
+
+    return write_study_comparison(out_dir, galaxy_ids, y_true, y_pred)
+
+
+def report_split(
+    checkpoint: Path,
     data: Data,
     out_dir: Path,
     *,
@@ -87,10 +95,19 @@ def split_report(
     workers: int = 0,
     progress: bool = True,
     split_name: str = "test",
-) -> dict:
-    """Evaluate on a split and write confusion_matrix.png and predictions.csv; return the summary dict."""
+    training: TrainingOutcome | None = None,
+) -> RunMetrics:
+    """Evaluate a best.pt on one split; write confusion_matrix.png, predictions.csv and metrics.json.
+
+    The one report of a split, for `galaxyvit evaluate` and the end of `galaxyvit train` alike.
+    """
+    model, ckpt = model_from_checkpoint(checkpoint)
+    run = Run.from_dict(ckpt["run"])
+    if list(data.class_names) != list(ckpt.get("class_names", data.class_names)):
+        raise DataError(f"{checkpoint} was trained on classes {ckpt['class_names']}, the data has {data.class_names}")
     split = data.splits[split_name]
-    prep = preprocessing_for(run.family, run.image_size)
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    model.to(device)
     idx, probs, bad = predict(
         model, split, prep, device=device, batch_size=batch_size, workers=workers, progress=progress, desc=split_name
     )
@@ -100,20 +117,46 @@ def split_report(
             f"warning: {len(bad)} unreadable images in split {split_name!r} skipped (first ids: {first})",
             file=sys.stderr,
         )
+    ids = [split.ids[i] for i in idx]
     y_true = [split.labels[i] for i in idx]
     y_pred = probs.argmax(axis=1).tolist() if len(idx) else []
     summary = summarize(y_true, y_pred, data.num_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(
-        summary["confusion_matrix"],
+        summary.confusion_matrix,
         data.class_names,
         out_dir / "confusion_matrix.png",
-        f"{run.id} on {data.kind} {split_name} (accuracy {100 * summary['accuracy']:.2f}%)",
+        f"{run.id} on {data.kind} {split_name} (accuracy {100 * summary.accuracy:.2f}%)",
     )
-    write_predictions(out_dir / "predictions.csv", [split.ids[i] for i in idx], y_true, y_pred, probs, data.class_names)
-    summary["n_evaluated"] = len(idx)
-    summary["n_unreadable"] = len(bad)
-    return summary
+    write_predictions(out_dir / "predictions.csv", ids, y_true, y_pred, probs, data.class_names)
+    metrics = RunMetrics(
+        run_id=run.id,
+        family=run.family,
+        split=split_name,
+        test_acc=summary.accuracy,
+        per_class_acc=summary.per_class_acc,
+        macro_recall=summary.macro_recall,
+        macro_f1=summary.macro_f1,
+        confusion_matrix=summary.confusion_matrix,
+        confusion_counts=summary.confusion_counts,
+        n_evaluated=len(idx),
+        n_unreadable=len(bad),
+        class_names=list(data.class_names),
+        data=data.summary(),
+        train_acc=training.train_acc if training else None,
+        valid_acc=ckpt.get("valid_acc"),
+        epochs_trained=training.epochs_trained if training else None,
+        best_epoch=ckpt.get("epoch"),
+        class_weights=ckpt.get("class_weights"),
+        precision=training.precision if training else None,
+        checkpoint=str(checkpoint),
+    )
+    metrics.save(out_dir / "metrics.json")
+    if split_name == "test":
+        comparison = compare_with_study(out_dir, ids, y_true, y_pred)
+        if comparison is not None:
+            print(f"compared with the study's ViT-Base galaxy by galaxy: {comparison}", file=sys.stderr)
+    return metrics
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,8 +165,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", choices=("synthetic", "gz2", "folder"), default="synthetic", help="dataset kind (default: synthetic)"
     )
     g.add_argument("--dataset", help="dataset folder (split CSVs + images/); for synthetic: where to cache it")
-    g.add_argument("--splits", help="gz2: folder with gz2_{train,valid,test}.csv")
-    g.add_argument("--images", help="gz2: folder with <galaxyID>.jpg")
+    g.add_argument("--images", help="gz2: folder with <galaxyID>.jpg (the study's packaged split files are used)")
+    g.add_argument("--splits", help="gz2: folder with other split files than the study's packaged ones")
+    g.add_argument(
+        "--split-pattern",
+        help="gz2/folder: split file names, {split} = train, valid, test (default: gz2_{split}.csv, else {split}.csv)",
+    )
     g.add_argument("--classes", help="folder: class names file (JSON list or TOML classes = [...])")
     g.add_argument("--limit", type=int, help="use at most N images of each split")
     g.add_argument("--synth-n", type=int, default=3000, help="synthetic: number of images (default 3000)")
@@ -137,6 +184,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         splits=args.splits,
         images=args.images,
         classes=args.classes,
+        split_pattern=args.split_pattern,
         limit=args.limit,
         synth_n=args.synth_n,
         synth_seed=args.synth_seed,
@@ -151,33 +199,21 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     workers: int = 0,
     split: str = "test",
-) -> dict:
-    """Rebuild the model of a best.pt, evaluate it, write the report files and metrics.json."""
-    model, ckpt = model_from_checkpoint(checkpoint)
-    run = Run.from_dict(ckpt["run"])
-    data = load_data(data_cfg)
-    if list(data.class_names) != list(ckpt.get("class_names", data.class_names)):
-        raise DataError(f"{checkpoint} was trained on classes {ckpt['class_names']}, the data has {data.class_names}")
+    progress: bool = True,
+) -> RunMetrics:
+    """Evaluate a best.pt on a split of the data; write the report files and metrics.json."""
+    data = load_data(data_cfg, progress=progress)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    summary = split_report(
-        model, run, data, out_dir, device=device, batch_size=batch_size, workers=workers, split_name=split
+    return report_split(
+        checkpoint,
+        data,
+        out_dir,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        split_name=split,
     )
-    metrics = {
-        "run_id": run.id,
-        "family": run.family,
-        "checkpoint": str(checkpoint),
-        "split": split,
-        "train_acc": None,
-        "valid_acc": ckpt.get("valid_acc"),
-        "test_acc": summary["accuracy"],
-        **{k: v for k, v in summary.items() if k != "accuracy"},
-        "epochs_trained": None,
-        "best_epoch": ckpt.get("epoch"),
-        "data": data.summary(),
-    }
-    write_json(out_dir / "metrics.json", metrics)
-    return metrics
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -187,19 +223,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: <checkpoint folder>/eval-<split>)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{args.split}"
     try:
         metrics = evaluate_checkpoint(
-            args.checkpoint, data_config(args), out, batch_size=args.batch_size, workers=args.workers, split=args.split
+            args.checkpoint,
+            data_config(args),
+            out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            split=args.split,
+            progress=not args.no_progress,
         )
     except (CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
-        f"{metrics['run_id']} on {args.split}: accuracy {100 * metrics['test_acc']:.2f}%, "
-        f"macro recall {100 * metrics['macro_recall']:.2f}%, macro F1 {100 * metrics['macro_f1']:.2f}% -> {out}"
+        f"{metrics.run_id} on {args.split}: accuracy {100 * metrics.test_acc:.2f}%, "
+        f"macro recall {100 * metrics.macro_recall:.2f}%, macro F1 {100 * metrics.macro_f1:.2f}% -> {out}"
     )
     return 0

@@ -6,280 +6,63 @@
 Every variant is written to models/<name>/<variant>.onnx with <variant>.card.json beside it,
 then the folder is imported into the BentoML model store as `galaxyvit-<name>` (BENTOML_HOME).
 
-Parity gate: ONNX Runtime and PyTorch run the same inputs (random images, the real GZ2 samples in
-data/gz2_real_samples/images and, with --valid-data, the validation split). fp32 must agree
-to max |logit difference| <= 1e-4 with identical top-1 on every input, or the export fails and nothing
-is written or registered. int8 (dynamic quantisation, for CPU) and fp16 (for GPU) record their logit
-drift and validation-accuracy change; one that loses more than 0.5 point of validation accuracy is
-refused (not written; the command exits 1). Without --valid-data only their drift is recorded.
+Parity gate (training/export_gate.py): ONNX Runtime and PyTorch run the same inputs (random images,
+the real GZ2 samples in data/gz2_real_samples/images and, with --valid-data, up to --max-valid
+validation images sampled by class with a fixed seed). fp32 must agree to max |logit difference|
+<= 1e-4 with identical top-1 on every input, or the export fails and nothing is written or
+registered. int8 (dynamic quantisation, for CPU) and fp16 (for GPU), made by
+training/export_variants.py, record their logit drift and validation-accuracy change; one that
+loses more than 0.5 point of validation accuracy is refused (not written; the command exits 1).
+Without --valid-data only their drift is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
-from PIL import Image
-from torch import nn
 from tqdm import tqdm
 
 from galaxyvit.card import VARIANTS, ModelCard, load_card, load_verified, sha256_file
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
-from galaxyvit.preprocess import Preprocessing, eval_array
+from galaxyvit.preprocess import Preprocessing
 from galaxyvit.store import default_home, register_model
 from training.checkpoint import CheckpointError, model_from_checkpoint
-from training.onnx_graph import export_ready
+from training.export_gate import (
+    DEFAULT_MAX_VALID,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportError,
+    accuracy,
+    gate_inputs,
+    torch_logits,
+    variant_gate,
+)
+from training.export_variants import OPSET, convert_fp16, export_onnx, quantize_int8
+from training.metrics import MetricsError, RunMetrics
 
-OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-FP32_TOLERANCE = 1e-4  # max |logit difference| between ONNX Runtime and PyTorch
-MAX_ACC_DROP = 0.005  # quantised variants: largest allowed validation-accuracy drop (0.5 point)
-N_RANDOM = 8  # random parity images
-DEFAULT_MAX_VALID = 512  # validation images used for the gate (the first N of the split)
-ROOT = Path(__file__).resolve().parents[1]
-REAL_SAMPLES = REAL_SAMPLE_IMAGES
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 
-class ExportError(RuntimeError):
-    """The export failed a check (parity, accuracy, bad input); nothing was written or registered."""
-
-
-@dataclass
-class GateInputs:
-    """Everything the parity gate runs: (N, 3, H, W) float32 images, which rows are which, valid labels."""
-
-    images: np.ndarray
-    kinds: list[str]  # "random" | "real" | "valid" per row
-    labels: np.ndarray | None  # labels of the "valid" rows, in order
-
-    @property
-    def valid_rows(self) -> np.ndarray:
-        return np.array([k == "valid" for k in self.kinds])
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def read_valid_split(data_dir: Path, limit: int) -> tuple[list[Path], list[int]]:
-    """The first `limit` images of DIR/gz2_valid.csv (or valid.csv) that exist in DIR/images."""
-    from training.data import read_split_csv
-
-    data_dir = Path(data_dir)
-    csv_path = next((data_dir / n for n in ("gz2_valid.csv", "valid.csv") if (data_dir / n).is_file()), None)
-    if csv_path is None:
-        raise ExportError(f"--valid-data {data_dir}: no gz2_valid.csv (or valid.csv) there")
-    ids, labels = read_split_csv(csv_path, len(CLASS_NAMES))
-    paths, kept = [], []
-    for galaxy_id, label in zip(ids, labels):
-        path = data_dir / "images" / f"{galaxy_id}.jpg"
-        if path.is_file():
-            paths.append(path)
-            kept.append(label)
-        if len(paths) >= limit:
-            break
-    if not paths:
-        raise ExportError(f"--valid-data {data_dir}: none of the {len(ids)} images of {csv_path.name} is in images/")
-    return paths, kept
-
-
-def load_images(paths: list[Path], prep: Preprocessing, desc: str) -> np.ndarray:
-    arrays = []
-    for path in tqdm(paths, desc=desc, unit="img", leave=False, disable=len(paths) < 64):
-        with Image.open(path) as image:
-            arrays.append(eval_array(image, prep))
-    return np.stack(arrays) if arrays else np.zeros((0, 3, prep.size, prep.size), np.float32)
-
-
-def gate_inputs(
-    prep: Preprocessing,
-    valid_dir: str | Path | None = None,
-    samples_dir: str | Path | None = REAL_SAMPLES,
-    max_valid: int = DEFAULT_MAX_VALID,
-    n_random: int = N_RANDOM,
-    seed: int = 0,
-) -> GateInputs:
-    """Random normal images, the real GZ2 sample JPEGs and (optionally) validation images, all preprocessed."""
-    rng = np.random.default_rng(seed)
-    parts = [rng.standard_normal((n_random, 3, prep.size, prep.size), dtype=np.float32)]
-    kinds = ["random"] * n_random
-    if samples_dir is not None and Path(samples_dir).is_dir():
-        real = load_images(sorted(Path(samples_dir).glob("*.jpg")), prep, "real samples")
-        parts.append(real)
-        kinds += ["real"] * len(real)
-    labels = None
-    if valid_dir is not None:
-        paths, valid_labels = read_valid_split(Path(valid_dir), max_valid)
-        parts.append(load_images(paths, prep, "validation images"))
-        kinds += ["valid"] * len(paths)
-        labels = np.asarray(valid_labels)
-    return GateInputs(np.concatenate(parts), kinds, labels)
-
-
-# --------------------------------------------------------------------------- running
-
-
-def torch_logits(model: nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            outs.append(model(torch.from_numpy(images[start : start + batch_size])).float().numpy())
-    return np.concatenate(outs)
-
-
-def ort_session(path: str | Path, threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session (the provider actually used is session.get_providers()[0]).
-
-    spinning=False stops the thread pool from busy-waiting between runs (fairer when sharing cores).
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
-    options.log_severity_level = 3
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def ort_logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    outs = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + batch_size]})[0]
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outs).astype(np.float32)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean())
-
-
-# --------------------------------------------------------------------------- export
-
-
-def export_onnx(model: nn.Module, path: Path, image_size: int = 224) -> None:
-    """One self-contained ONNX file, opset OPSET, dynamic batch, input "images", output "logits".
-
-    The TorchScript exporter is used on purpose: on this stack it exports in well under a second
-    (the dynamo exporter takes 5-10 s), and its graph lets ONNX Runtime fuse Bias+GELU, which the
-    dynamo graph (Erf/Div/Mul/Add) did not, so it also runs faster. Both passed parity.
-    """
-    graph_model = export_ready(model)
-    example = torch.zeros(2, 3, image_size, image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings and the exporter's deprecation notice
-        torch.onnx.export(
-            graph_model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            do_constant_folding=True,
-        )
-    onnx.checker.check_model(str(path), full_check=True)
-    leftovers = sorted(p.name for p in path.parent.iterdir() if p.suffix not in (".onnx", ".json"))
-    if leftovers:
-        raise ExportError(f"export wrote external data files {leftovers}; expected one self-contained .onnx")
-
-
-def quantize_int8(fp32_path: Path, out_path: Path) -> None:
-    """Dynamic int8 quantisation for CPU: MatMul weights int8, activations quantised at run time.
-
-    Only MatMul is quantised: the single patch-embedding Conv stays fp32, since ORT's ConvInteger
-    kernel is slower than its fp32 Conv on CPU.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quiet its "consider pre-processing" advice, printed on every call
-    try:
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-    finally:
-        root.setLevel(level)
-
-
-def convert_fp16(fp32_path: Path, out_path: Path) -> None:
-    """Weights and compute in float16 (for GPU); inputs/outputs stay float32 so clients need not change."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    onnx.save(model, str(out_path))
-
-
-def variant_gate(
-    variant: str,
-    path: Path,
-    inputs: GateInputs,
-    reference: np.ndarray,
-    reference_acc: float | None,
-) -> dict:
-    """Run a variant on the gate inputs and compare with the PyTorch logits; raise ExportError if it fails."""
-    session = ort_session(path)
-    logits = ort_logits(session, inputs.images)
-    diff = np.abs(logits - reference)
-    parity = {
-        "provider": session.get_providers()[0],
-        "n_inputs": len(inputs.images),
-        "n_random": inputs.kinds.count("random"),
-        "n_real": inputs.kinds.count("real"),
-        "n_valid": inputs.kinds.count("valid"),
-        "max_abs_logit_diff": float(diff.max()),
-        "mean_abs_logit_diff": float(diff.mean()),
-        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-        "tolerance": FP32_TOLERANCE if variant == "fp32" else None,
-        "torch_valid_acc": reference_acc,
-        "onnx_valid_acc": None,
-        "valid_acc_change": None,
-    }
-    if inputs.labels is not None:
-        acc = accuracy(logits[inputs.valid_rows], inputs.labels)
-        parity["onnx_valid_acc"] = acc
-        parity["valid_acc_change"] = acc - reference_acc
-    if variant == "fp32":
-        if parity["max_abs_logit_diff"] > FP32_TOLERANCE or parity["top1_agreement"] < 1.0:
-            raise ExportError(
-                f"fp32 parity gate failed: max |Δlogit| = {parity['max_abs_logit_diff']:.3g} "
-                f"(limit {FP32_TOLERANCE:g}), top-1 agreement {parity['top1_agreement']:.2%} (must be 100%)"
-            )
-    elif parity["valid_acc_change"] is not None and parity["valid_acc_change"] < -MAX_ACC_DROP:
-        raise ExportError(
-            f"{variant} refused: validation accuracy {parity['onnx_valid_acc']:.2%} vs PyTorch {reference_acc:.2%} "
-            f"(drop {-parity['valid_acc_change'] * 100:.2f} points > {MAX_ACC_DROP * 100:.1f})"
-        )
-    return parity
-
-
-# --------------------------------------------------------------------------- cards and registration
-
-
-def metrics_beside(checkpoint: Path) -> dict:
-    """metrics.json next to the checkpoint (the trainer writes it), or {} when there is none."""
+def metrics_beside(checkpoint: Path) -> RunMetrics | None:
+    """metrics.json next to the checkpoint (the trainer writes it), or None when there is none."""
     path = Path(checkpoint).parent / "metrics.json"
     if not path.is_file():
-        return {}
+        return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path} is not valid JSON: {exc}") from None
-    return data if isinstance(data, dict) else {}
+        return RunMetrics.load(path)
+    except MetricsError as exc:
+        raise ExportError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- main API
@@ -293,7 +76,7 @@ def export_checkpoint(
     valid_dir: str | Path | None = None,
     register: bool = True,
     home: Path | None = None,
-    samples_dir: str | Path | None = REAL_SAMPLES,
+    samples_dir: str | Path | None = REAL_SAMPLE_IMAGES,
     max_valid: int = DEFAULT_MAX_VALID,
     quiet: bool = False,
 ) -> list[ModelCard]:
@@ -318,13 +101,11 @@ def export_checkpoint(
     prep = Preprocessing.from_dict(data["preprocessing"])
     class_names = list(data.get("class_names") or CLASS_NAMES)
     metrics = metrics_beside(checkpoint)
-    if metrics.get("run_id") not in (None, run_id):
-        say(
-            f"warning: metrics.json beside {checkpoint} is for run {metrics['run_id']!r}, the checkpoint for {run_id!r}"
-        )
+    if metrics is not None and metrics.run_id != run_id:
+        say(f"warning: metrics.json beside {checkpoint} is for run {metrics.run_id!r}, the checkpoint for {run_id!r}")
     n_params = sum(p.numel() for p in model.parameters())  # all weights in the artifact
 
-    inputs = gate_inputs(prep, valid_dir, samples_dir, max_valid)
+    inputs = gate_inputs(prep, len(class_names), valid_dir, samples_dir, max_valid)
     if not inputs.kinds.count("real"):
         say(f"warning: no real sample images in {samples_dir} (pass samples_dir)")
     say(
@@ -358,14 +139,14 @@ def export_checkpoint(
                 print(f"warning: {exc}; {variant}.onnx is not written", file=sys.stderr)
                 path.unlink()
                 continue
-            if variant != "fp32" and parity["valid_acc_change"] is None:
+            if variant != "fp32" and parity.valid_acc_change is None:
                 say(f"warning: {variant} accuracy change not measured (no --valid-data); only logit drift recorded")
-            parity["export_seconds"] = round(time.perf_counter() - start, 2)
+            parity.export_seconds = round(time.perf_counter() - start, 2)
             say(
-                f"{variant}: max |Δlogit| {parity['max_abs_logit_diff']:.2e}, top-1 agreement "
-                f"{parity['top1_agreement']:.2%}"
-                + (f", valid acc {parity['onnx_valid_acc']:.2%}" if parity["onnx_valid_acc"] is not None else "")
-                + f" ({parity['provider']})"
+                f"{variant}: max |Δlogit| {parity.max_abs_logit_diff:.2e}, top-1 agreement "
+                f"{parity.top1_agreement:.2%}"
+                + (f", valid acc {parity.onnx_valid_acc:.2%}" if parity.onnx_valid_acc is not None else "")
+                + f" ({parity.provider})"
             )
             sha = sha256_file(path)
             if variant == "fp32":  # first in `variants`; every variant carries the fp32 file's version
@@ -385,11 +166,11 @@ def export_checkpoint(
                 opset=OPSET,
                 input_name=INPUT_NAME,
                 output_name=OUTPUT_NAME,
-                valid_acc=metrics.get("valid_acc", data.get("valid_acc")),
-                test_acc=metrics.get("test_acc"),
-                per_class_acc=metrics.get("per_class_acc"),
-                confusion_matrix=metrics.get("confusion_matrix"),
-                parity=parity,
+                valid_acc=metrics.valid_acc if metrics else data.get("valid_acc"),
+                test_acc=metrics.test_acc if metrics else None,
+                per_class_acc=metrics.per_class_acc if metrics else None,
+                confusion_matrix=metrics.confusion_matrix if metrics else None,
+                parity=parity.to_dict(),
                 created=created.isoformat(),
             )
             card.save(tmp_dir / f"{variant}.card.json")
@@ -434,18 +215,17 @@ def find_candidates(results_dir: str | Path) -> list[Candidate]:
     found = []
     for metrics_path in sorted(results_dir.glob("*/metrics.json")):
         try:
-            metrics = json.loads(metrics_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            print(f"warning: skipping {metrics_path}: not valid JSON", file=sys.stderr)
+            metrics = RunMetrics.load(metrics_path)
+        except MetricsError as exc:
+            print(f"warning: skipping {exc}", file=sys.stderr)
             continue
-        valid_acc = metrics.get("valid_acc") if isinstance(metrics, dict) else None
         found.append(
             Candidate(
                 run_dir=metrics_path.parent,
-                run_id=str(metrics.get("run_id", metrics_path.parent.name)),
-                family=str(metrics.get("family", "?")),
-                valid_acc=float(valid_acc) if isinstance(valid_acc, int | float) else None,
-                test_acc=metrics.get("test_acc"),
+                run_id=metrics.run_id,
+                family=metrics.family,
+                valid_acc=metrics.valid_acc,
+                test_acc=metrics.test_acc,
                 has_checkpoint=(metrics_path.parent / "best.pt").is_file(),
             )
         )
@@ -510,10 +290,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and measure the accuracy change of int8/fp16",
     )
     parser.add_argument(
-        "--max-valid", type=int, default=DEFAULT_MAX_VALID, help=f"validation images used (default {DEFAULT_MAX_VALID})"
+        "--max-valid",
+        type=int,
+        default=DEFAULT_MAX_VALID,
+        help=f"validation images used: a class-stratified sample with a fixed seed (default {DEFAULT_MAX_VALID})",
     )
     parser.add_argument(
-        "--samples", type=Path, default=REAL_SAMPLES, help=f"real sample JPEGs for the gate (default {REAL_SAMPLES})"
+        "--samples",
+        type=Path,
+        default=REAL_SAMPLE_IMAGES,
+        help=f"real sample JPEGs for the gate (default {REAL_SAMPLE_IMAGES})",
     )
     parser.add_argument("--no-register", action="store_true", help="do not import into the BentoML model store")
 

@@ -1,4 +1,5 @@
-"""Test-set metrics and the files that report them: confusion matrix PNG, predictions CSV, results markdown."""
+"""Test-set metrics and the files that report them: metrics.json (`RunMetrics`), confusion matrix PNG,
+predictions CSV, results markdown."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import datetime as dt
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from training.data import DataSummary
 from training.registry import Run
 
 RESULTS_HEADER = (
@@ -26,7 +29,19 @@ def confusion_counts(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     return counts
 
 
-def summarize(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict:
+@dataclass
+class SplitSummary:
+    """How a model did on one split."""
+
+    accuracy: float
+    per_class_acc: list[float]  # recall of each class
+    macro_recall: float
+    macro_f1: float
+    confusion_matrix: list[list[float]]  # row-normalised
+    confusion_counts: list[list[int]]
+
+
+def summarize(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> SplitSummary:
     """Overall and per-class accuracy (= recall), macro recall and F1, raw and row-normalised confusion."""
     counts = confusion_counts(y_true, y_pred, num_classes)
     support = counts.sum(axis=1)
@@ -38,14 +53,66 @@ def summarize(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) ->
     present = support > 0  # macro averages over the classes that occur in the split
     normalised = np.divide(counts, support[:, None], out=np.zeros(counts.shape), where=support[:, None] > 0)
     total = int(counts.sum())
-    return {
-        "accuracy": float(tp.sum() / total) if total else 0.0,
-        "per_class_acc": [float(v) for v in recall],
-        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "confusion_matrix": normalised.round(6).tolist(),
-        "confusion_counts": counts.tolist(),
-    }
+    return SplitSummary(
+        accuracy=float(tp.sum() / total) if total else 0.0,
+        per_class_acc=[float(v) for v in recall],
+        macro_recall=float(recall[present].mean()) if present.any() else 0.0,
+        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
+        confusion_matrix=normalised.round(6).tolist(),
+        confusion_counts=counts.tolist(),
+    )
+
+
+class MetricsError(ValueError):
+    """A metrics.json that is not valid JSON or lacks fields."""
+
+
+@dataclass
+class RunMetrics:
+    """metrics.json: the test figures of a run (or of `galaxyvit evaluate`), next to its best.pt.
+
+    Written by `save` and read by `load`, nowhere else. `test_acc` and the per-class figures are on
+    `split` (the test split unless `galaxyvit evaluate --split` chose another).
+    """
+
+    run_id: str
+    family: str
+    split: str
+    test_acc: float
+    per_class_acc: list[float]
+    macro_recall: float
+    macro_f1: float
+    confusion_matrix: list[list[float]]
+    confusion_counts: list[list[int]]
+    n_evaluated: int  # images scored
+    n_unreadable: int  # images skipped as unreadable
+    class_names: list[str]
+    data: DataSummary
+    train_acc: float | None = None  # at the best epoch (None from `galaxyvit evaluate`)
+    valid_acc: float | None = None  # at the best epoch
+    epochs_trained: int | None = None
+    best_epoch: int | None = None
+    class_weights: list[float] | None = None  # the loss weights actually used in training
+    precision: str | None = None  # training precision (fp32, bf16, fp16); evaluation is always fp32
+    checkpoint: str | None = None  # the best.pt evaluated (`galaxyvit evaluate`)
+
+    def save(self, path: str | Path) -> None:
+        write_json(Path(path), asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunMetrics:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MetricsError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise MetricsError(f"{path} must hold a JSON object")
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise MetricsError(f"{path} lacks field(s): {', '.join(missing)}")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def plot_confusion(matrix: Sequence[Sequence[float]], class_names: Sequence[str], path: Path, title: str) -> None:
@@ -107,12 +174,15 @@ def _reported(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def append_results(path: Path, run: Run, metrics: dict, data_label: str) -> str:
-    """Append one row to the results markdown (header written if new): ours in percent next to the study's."""
+def append_results(path: Path, run: Run, metrics: RunMetrics, data_label: str, compare_with_study: bool) -> str:
+    """Append one row to the results markdown (header written if new): ours in percent, and the study's
+    reported figures beside them when `compare_with_study` (a GZ2 run on the study's 8 classes), else '-'."""
+    study = [run.reported_train_acc, run.reported_valid_acc, run.reported_test_acc]
+    if not compare_with_study:
+        study = [None, None, None]
     row = (
-        f"| {run.id} | {data_label} | {metrics['epochs_trained']} | {_pct(metrics['train_acc'])} "
-        f"| {_pct(metrics['valid_acc'])} | {_pct(metrics['test_acc'])} | {_reported(run.reported_train_acc)} "
-        f"| {_reported(run.reported_valid_acc)} | {_reported(run.reported_test_acc)} "
+        f"| {run.id} | {data_label} | {metrics.epochs_trained} | {_pct(metrics.train_acc)} "
+        f"| {_pct(metrics.valid_acc)} | {_pct(metrics.test_acc)} | {' | '.join(_reported(v) for v in study)} "
         f"| {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')} |\n"
     )
     path = Path(path)

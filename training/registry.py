@@ -6,9 +6,11 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+from training.families import FAMILIES
 
 RUNS_FILE = Path(__file__).with_name("runs.toml")
-FAMILIES = ("vit", "linformer", "vitbase")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Run:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown run field(s): {', '.join(sorted(unknown))}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
     def with_overrides(self, **overrides) -> Run:
@@ -91,3 +93,25 @@ def get_run(run_id: str) -> Run:
     close = difflib.get_close_matches(run_id, runs, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise KeyError(f"unknown run {run_id!r}.{hint} `galaxyvit runs` lists all {len(runs)} runs.")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """--set key=value overrides of run fields (numbers, booleans and strings)."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            overrides[key] = low == "true"
+            continue
+        for cast in (int, float):
+            try:
+                overrides[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key] = value
+    return overrides

@@ -12,21 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from training.registry import FAMILIES, Run, load_runs
+from training.families import FAMILIES, family
+from training.registry import load_runs
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of a table")
-    parser.add_argument("--family", choices=FAMILIES, help="only runs of this model family")
-
-
-def architecture(run: Run) -> str:
-    if run.family == "vit":
-        return f"p{run.patch_size} d{run.depth} dim{run.dim} mlp{run.mlp_dim} h{run.heads}"
-    if run.family == "linformer":
-        kv = "shared" if run.shared_kv else "separate"
-        return f"p{run.patch_size} d{run.depth} dim{run.dim} k{run.k} h{run.heads} kv:{kv}"
-    return "fine-tuned" if run.fine_tune else "frozen backbone"
+    parser.add_argument("--family", choices=tuple(FAMILIES), help="only runs of this model family")
 
 
 def fmt(value) -> str:
@@ -54,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
             (
                 run.id,
                 run.family,
-                architecture(run),
+                family(run.family).architecture(run),
                 str(run.batch_size),
                 f"{run.lr:g}",
                 str(run.step_size),
