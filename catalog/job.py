@@ -122,7 +122,6 @@ def classify_catalogue(
         return _run_ray(source, ref, schema, out, fmt, batch_size, device, max_pixels, address, decode_workers,
                         actors, actor_cpus, threads)  # fmt: skip
     done = prepare_output(out, job, resume, force)
-    session = open_session(ref, device, threads)
     skipped = sum(rows for _, rows in done)
     writer = ShardWriter(out, fmt, schema, shard_size, done)
     workers = default_decode_workers() if decode_workers is None else decode_workers
@@ -136,17 +135,16 @@ def classify_catalogue(
         bar = tqdm(total=remaining, unit="img", desc="classify", file=sys.stderr, smoothing=0.1, dynamic_ncols=True)
     try:
         stats = run_local(
-            source.tables(skipped), session, ref.info, schema, writer, batch_size, workers, max_pixels, bar
-        )
+            source.tables(skipped), lambda: open_session(ref, device, threads), ref.prep, ref.info, schema, writer,
+            batch_size, workers, max_pixels, bar,
+        )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
-    facts = {"engine": "local", "provider": session.provider, "batch_size": batch_size, "decode_workers": workers}
-    facts["threads"] = session.session.get_session_options().intra_op_num_threads
-    facts.update(stats.to_dict())
+    facts = {"engine": "local", "batch_size": batch_size, "decode_workers": workers, **stats.to_dict()}
     manifest = writer.finish(facts)
     return Summary(out, "local", stats.rows, manifest["rows"], stats.wall_s, dict(sorted(writer.errors.items())),
-                   session.provider, len(manifest["shards"]), skipped, facts)  # fmt: skip
+                   stats.provider, len(manifest["shards"]), skipped, facts)  # fmt: skip
 
 
 def _run_ray(source, ref, schema, out, fmt, batch_size, device, max_pixels, address, decode_tasks, actors,

@@ -14,9 +14,10 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,13 +25,15 @@ import pyarrow as pa
 from catalog.decode import DecodedBatch, decode_files
 from catalog.shards import ShardWriter
 from catalog.table import ModelInfo, prediction_table
-from galaxyvit.preprocess import normalize
+from galaxyvit.preprocess import Preprocessing, normalize
 
 
 @dataclass
 class LocalStats:
     """Where the time went: wall seconds of this process's loop and CPU seconds per process role."""
 
+    provider: str = ""  # the ONNX Runtime provider the session really runs on, and its intra-op threads
+    threads: int = 0
     rows: int = 0
     wall_s: float = 0.0
     wait_decode_s: float = 0.0  # this process idle, waiting for the oldest batch's decoding
@@ -41,6 +44,8 @@ class LocalStats:
 
     def to_dict(self) -> dict:
         return {
+            "provider": self.provider,
+            "threads": self.threads,
             "rows_classified": self.rows,
             "wall_s": round(self.wall_s, 3),
             "wait_decode_s": round(self.wait_decode_s, 3),
@@ -82,7 +87,8 @@ class _Inline:
 
 def run_local(
     tables: Iterator[pa.Table],
-    session,
+    open_session: Callable[[], Any],
+    prep: Preprocessing,
     info: ModelInfo,
     schema: pa.Schema,
     writer: ShardWriter,
@@ -91,9 +97,10 @@ def run_local(
     max_pixels: int,
     progress=None,
 ) -> LocalStats:
-    """Classify every row of `tables` with `session` (serving.runtime.LoadedModel) into `writer`."""
-    prep = session.card.prep
+    """Classify every row of `tables` into `writer` with the session `open_session()` returns
+    (serving.runtime.LoadedModel); it is opened while the decode processes start and decode the first batches."""
     stats = LocalStats()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if decode_workers > 0:
         # spawn: the workers start clean (no copy of ONNX Runtime's threads or of a parent's locks)
         pool = ProcessPoolExecutor(decode_workers, mp_context=multiprocessing.get_context("spawn"))
@@ -110,10 +117,12 @@ def run_local(
             paths = table.column("path").to_pylist()
             in_flight.append((table, pool.submit(decode_files, paths, prep, max_pixels)))
 
-    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         for _ in range(window):
             submit()
+        session = open_session()
+        stats.provider = session.provider
+        stats.threads = session.session.get_session_options().intra_op_num_threads
         while in_flight:
             table, future = in_flight.popleft()
             t0 = time.perf_counter()
