@@ -30,6 +30,7 @@ SHARD = re.compile(
     r"^part-(\d{5,})(-[0-9a-f]+)*\.(parquet|csv)$"
 )  # local: part-00000.parquet; Ray: part-00000-<uuid>-0.parquet
 TEMP_PREFIX = ".tmp-"
+GROUP_ROWS = 8192  # rows per Parquet row group (and per CSV write): what the writer holds in memory
 
 
 def shard_name(index: int, fmt: str) -> str:
@@ -95,16 +96,12 @@ def prepare_output(out: Path, job: dict, resume: bool, force: bool) -> list[tupl
     return done
 
 
-def write_atomic(path: Path, data: bytes | pa.Table, fmt: str = "") -> None:
-    """Write to a hidden temporary file beside `path`, flush it to disk, rename it into place, sync the folder."""
-    temp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
-    if isinstance(data, pa.Table):
-        if fmt == "parquet":
-            pq.write_table(data, temp, compression="zstd")
-        else:
-            pacsv.write_csv(data, temp)
-    else:
-        temp.write_bytes(data)
+def temp_path(path: Path) -> Path:
+    return path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
+
+
+def publish(temp: Path, path: Path) -> None:
+    """Flush a finished temporary file to disk, rename it into place and sync the folder: `path` is whole or absent."""
     with open(temp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(temp, path)
@@ -115,39 +112,79 @@ def write_atomic(path: Path, data: bytes | pa.Table, fmt: str = "") -> None:
         os.close(folder)
 
 
-class ShardWriter:
-    """Collects prediction tables in input order and writes every `shard_size` rows as the next shard."""
+def write_atomic(path: Path, data: bytes) -> None:
+    temp = temp_path(path)
+    temp.write_bytes(data)
+    publish(temp, path)
 
-    def __init__(self, out: Path, fmt: str, schema: pa.Schema, shard_size: int, done: list[tuple[str, int]]) -> None:
+
+class ShardWriter:
+    """Streams prediction tables, in input order, into shards of `shard_size` rows.
+
+    The open shard is written to its temporary file a row group (`group_rows` rows) at a time, so
+    memory holds at most one row group whatever the shard size; at `shard_size` rows the file is
+    closed and published under its shard name."""
+
+    def __init__(
+        self,
+        out: Path,
+        fmt: str,
+        schema: pa.Schema,
+        shard_size: int,
+        done: list[tuple[str, int]],
+        group_rows: int = GROUP_ROWS,
+    ) -> None:
         self.out, self.fmt, self.schema, self.shard_size = out, fmt, schema, shard_size
+        self.group_rows = min(group_rows, shard_size)
         self.shards: list[tuple[str, int]] = list(done)
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
+        self.group: list[pa.Table] = []  # rows of the open shard not yet written
+        self.group_size = 0
+        self.shard_rows = 0  # rows of the open shard, written or in `group`
+        self.file = None  # writer of the open shard's temporary file
         self.errors: Counter[str] = Counter()
-        self.rows = 0  # written or pending in this run
 
     def add(self, table: pa.Table) -> None:
         kinds = table.column("error_kind")
         if kinds.null_count < table.num_rows:
             self.errors.update(k for k in kinds.to_pylist() if k is not None)
-        self.rows += table.num_rows
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        while self.pending_rows >= self.shard_size:
-            self._write(self.shard_size)
+        while table.num_rows:
+            take = min(table.num_rows, self.shard_size - self.shard_rows)
+            self.group.append(table.slice(0, take))
+            self.group_size += take
+            self.shard_rows += take
+            table = table.slice(take)
+            if self.group_size >= self.group_rows or self.shard_rows == self.shard_size:
+                self._write_group()
+            if self.shard_rows == self.shard_size:
+                self._close_shard()
 
-    def _write(self, rows: int) -> None:
-        table = pa.concat_tables(self.pending)
-        head, tail = table.slice(0, rows), table.slice(rows)
+    def _write_group(self) -> None:
+        if self.file is None:
+            temp = temp_path(self.out / shard_name(len(self.shards), self.fmt))
+            if self.fmt == "parquet":
+                self.file = pq.ParquetWriter(temp, self.schema, compression="zstd")
+            else:
+                self.file = pacsv.CSVWriter(temp, self.schema)
+        if self.group:
+            table = pa.concat_tables(self.group).combine_chunks()
+            if self.fmt == "parquet":
+                self.file.write_table(table, row_group_size=self.group_rows)
+            else:
+                self.file.write_table(table)
+        self.group, self.group_size = [], 0
+
+    def _close_shard(self) -> None:
+        self.file.close()
+        self.file = None
         name = shard_name(len(self.shards), self.fmt)
-        write_atomic(self.out / name, head.combine_chunks(), self.fmt)
-        self.shards.append((name, rows))
-        self.pending = [tail] if tail.num_rows else []
-        self.pending_rows = tail.num_rows
+        publish(temp_path(self.out / name), self.out / name)
+        self.shards.append((name, self.shard_rows))
+        self.shard_rows = 0
 
     def finish(self, summary: dict) -> dict:
-        if self.pending_rows:
-            self._write(self.pending_rows)
+        if self.shard_rows:
+            self._write_group()
+            self._close_shard()
         return write_manifest(self.out, self.shards, summary)
 
 

@@ -235,3 +235,25 @@ def test_same_predictions_as_the_http_service(server, tiny_models, catalogue, tm
         assert row["model_version"] == answer["model_version"] == card.version
         http = np.array([answer["probabilities"][c] for c in CLASS_NAMES])
         np.testing.assert_allclose([row[c] for c in PROB_COLUMNS], http, atol=1e-5)
+
+
+def test_shard_writer_streams_row_groups_into_shards_of_exact_size(tmp_path):
+    from catalog.shards import ShardWriter
+
+    schema = pa.schema([("id", pa.int64()), ("error_kind", pa.string())])
+    writer = ShardWriter(tmp_path, "parquet", schema, shard_size=7, done=[], group_rows=3)
+    start = 0
+    for size in (5, 1, 9, 4):
+        kinds = ["missing_file" if (start + i) % 4 == 0 else None for i in range(size)]
+        writer.add(pa.table({"id": range(start, start + size), "error_kind": kinds}, schema=schema))
+        start += size
+        assert all(n.startswith(("part-", ".tmp-")) for n in os.listdir(tmp_path))
+    manifest = writer.finish({"engine": "test"})
+    assert [(s["file"], s["rows"]) for s in manifest["shards"]] == [
+        ("part-00000.parquet", 7), ("part-00001.parquet", 7), ("part-00002.parquet", 5),
+    ]  # fmt: skip
+    assert read_output(tmp_path).column("id").to_pylist() == list(range(19))
+    groups = [pq.ParquetFile(path).metadata for path in sorted(tmp_path.glob("part-*"))]
+    assert [max(m.row_group(i).num_rows for i in range(m.num_row_groups)) for m in groups] == [3, 3, 3]
+    assert manifest["errors"] == {"missing_file": 5} and writer.errors == {"missing_file": 5}
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
