@@ -36,6 +36,7 @@ class LocalStats:
     threads: int = 0
     rows: int = 0
     wall_s: float = 0.0
+    first_batch_s: float = 0.0  # start-up: decode processes and session started, first batch classified
     wait_decode_s: float = 0.0  # this process idle, waiting for the oldest batch's decoding
     infer_s: float = 0.0  # inside ONNX Runtime
     write_s: float = 0.0  # building rows and writing shards
@@ -48,6 +49,7 @@ class LocalStats:
             "threads": self.threads,
             "rows_classified": self.rows,
             "wall_s": round(self.wall_s, 3),
+            "first_batch_s": round(self.first_batch_s, 3),
             "wait_decode_s": round(self.wait_decode_s, 3),
             "infer_s": round(self.infer_s, 3),
             "write_s": round(self.write_s, 3),
@@ -140,6 +142,8 @@ def run_local(
             writer.add(prediction_table(table, probs, decoded.ok, decoded.errors, info, schema))
             stats.infer_s += t1 - t0
             stats.write_s += time.perf_counter() - t1
+            if not stats.rows:
+                stats.first_batch_s = time.perf_counter() - start
             stats.rows += table.num_rows
             if progress is not None:
                 progress.update(table.num_rows)

@@ -24,7 +24,10 @@ from catalog.model import ModelRef, open_session
 from catalog.shards import SHARD, count_rows, write_manifest
 from galaxyvit.preprocess import Preprocessing, normalize
 
-DECODE_MEMORY_PER_IMAGE = 4 << 20  # bytes reserved per image of a decode task
+# memory reserved per decode task: the worker process (Ray, pyarrow, Pillow, astropy: ~0.4 GiB measured)
+# plus, per image, the file, the decoded image and the crop, with room for large FITS files
+DECODE_MEMORY_BASE = 512 << 20
+DECODE_MEMORY_PER_IMAGE = 2 << 20
 CROP = "_crop"  # the uint8 crop of a row, as bytes, between the decode tasks and the actors
 
 
@@ -121,10 +124,9 @@ def run_ray(
             batch_size=batch_size,
             compute=ray.data.TaskPoolStrategy(size=decode_tasks or None),
             num_cpus=1,
-            # What a task holds per image (file, decoded image, crop) with room for large FITS files. Remote
-            # arguments that differ from the actors' also keep Ray Data from fusing the decoding into the
-            # actors (one process doing both, in turn, instead of decoding while the actors infer).
-            memory=batch_size * DECODE_MEMORY_PER_IMAGE,
+            # Remote arguments that differ from the actors' also keep Ray Data from fusing the decoding into
+            # the actors (one process doing both, in turn, instead of decoding while the actors infer).
+            memory=DECODE_MEMORY_BASE + batch_size * DECODE_MEMORY_PER_IMAGE,
         )
         gpu = device == "cuda"
         dataset = dataset.map_batches(
