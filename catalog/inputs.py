@@ -141,6 +141,7 @@ class CatalogueSource:
     def describe(self) -> dict:
         return {
             "catalogue": str(self.path),
+            "catalogue_bytes": self.path.stat().st_size,  # a resume must read the same catalogue
             "id_col": self.id_col,
             "path_col": self.path_col,
             "path_template": self.path_template,

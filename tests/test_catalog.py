@@ -257,3 +257,12 @@ def test_shard_writer_streams_row_groups_into_shards_of_exact_size(tmp_path):
     assert [max(m.row_group(i).num_rows for i in range(m.num_row_groups)) for m in groups] == [3, 3, 3]
     assert manifest["errors"] == {"missing_file": 5} and writer.errors == {"missing_file": 5}
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_the_catalogue_path_never_imports_torch_or_training():
+    code = (
+        "import sys, catalog.cli, catalog.job, catalog.local, catalog.decode, catalog.ray_engine; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
