@@ -5,7 +5,8 @@
   2. start the service on a free port of 127.0.0.1 (as `galaxyvit serve` does) and wait until /readyz answers;
   3. classify the three real GZ2 cutouts of data/gz2_real_samples and a synthetic
      galaxy over HTTP, and print the answers next to the known classes;
-  4. stop the service (unless --keep-serving).
+  4. classify the synthetic test split as a catalogue into a Parquet table (`galaxyvit classify`);
+  5. stop the service (unless --keep-serving).
 
 Every step is an ordinary `galaxyvit` command, printed before it runs, so it can be repeated by hand.
 """
@@ -98,6 +99,14 @@ def main(args: argparse.Namespace) -> int:
             "\nThe demo model saw only synthetic galaxies for a few epochs: expect it to get most real GZ2 cutouts\n"
             "wrong. Train on the GZ2 images (`galaxyvit train RUN --data gz2 ...`) for the study's accuracy."
         )
+        from catalog import classify_catalogue
+
+        split, table = dataset / "gz2_test.csv", out / "catalogue"
+        print(f"\n$ galaxyvit classify {split} --id-col galaxyID --path-template 'images/{{galaxyID}}.jpg' "
+              f"--model {args.name} --out {table} --force")  # fmt: skip
+        summary = classify_catalogue([split], table, model=args.name, id_col="galaxyID",
+                                     path_template="images/{galaxyID}.jpg", force=True, progress=False)  # fmt: skip
+        print(f"{summary.line()}\npredictions of the synthetic test split: {table}")
         print(f"demo finished in {time.monotonic() - started:.0f} s")
         if args.keep_serving:
             print(

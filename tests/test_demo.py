@@ -23,4 +23,6 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
         assert f"real GZ2 {name}" in out
     assert "synthetic " in out
     assert (tmp_path / "run" / "metrics.json").is_file()
+    assert "classified " in out and f"predictions of the synthetic test split: {tmp_path / 'run' / 'catalogue'}" in out
+    assert (tmp_path / "run" / "catalogue" / "_SUCCESS").is_file()
     assert (tmp_path / "bentoml_home" / "models" / "galaxyvit-tinydemo").is_dir()
