@@ -150,3 +150,24 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not (tmp_path / "o").exists()  # nothing started
+
+
+@pytest.mark.parametrize("fine_tune", [True, False])
+def test_table_counts_the_trained_models_parameters(tmp_path, fine_tune):
+    """ViT-Base's count comes from the backbone configuration saved in best.pt (a tiny one here)."""
+    from transformers import ViTConfig
+
+    from training.checkpoint import save_model
+    from training.models import count_trainable_params
+    from training.registry import get_run
+    from training.reproduction import run_row
+    from training.vitbase import build_vitbase
+
+    run = get_run("vitbase-121121").with_overrides(fine_tune=fine_tune)
+    tiny = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=32)
+    model = build_vitbase(pretrained=False, config=tiny, fine_tune=fine_tune)
+    save_model(tmp_path / run.id / "best.pt", model, run, epoch=1, valid_acc=0.5)
+    row = run_row(tmp_path / run.id, "running")
+    assert row["params"]["reproduced"] == count_trainable_params(model)
+    assert (row["params"]["reproduced"] == 8 * 32 + 8) != fine_tune  # frozen backbone: only the new head trains
+    assert row["max_epochs"] == 200 and row["test_acc"]["reproduced"] is None and row["status"] == "running"

@@ -49,9 +49,18 @@ def checkpoint_facts(best: Path, mtime: float) -> tuple[int | None, int | None]:
 
     try:
         ckpt = torch.load(best, map_location="cpu", mmap=True, weights_only=True)
-        run = Run.from_dict(ckpt["run"])
+        run, num_classes = Run.from_dict(ckpt["run"]), len(ckpt["class_names"])
         with torch.device("meta"):
-            model = build_model(run, num_classes=len(ckpt["class_names"]), pretrained=False)
+            if ckpt.get("hf_config"):  # ViT-Base: the backbone's own configuration
+                from transformers import ViTConfig
+
+                from training.vitbase import build_vitbase
+
+                config = ViTConfig.from_dict(json.loads(ckpt["hf_config"]))
+                model = build_vitbase(num_classes=num_classes, fine_tune=run.fine_tune is not False,
+                                      pretrained=False, config=config)  # fmt: skip
+            else:
+                model = build_model(run, num_classes=num_classes, pretrained=False)
     except Exception:  # an unreadable best.pt leaves the cells empty; the run's own status says why
         return None, None
     return count_trainable_params(model), run.epochs

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -52,12 +51,19 @@ class Job:
         return [self.run_id, "--out", str(self.folder), *self.options, *self.resources, *results, *resume]
 
 
-def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the process that started it dies, even by SIGKILL (Linux)."""
-    if sys.platform == "linux":
-        import ctypes
+# Runs `python -m galaxyvit train ...` in the same process after asking Linux to SIGTERM it when the process
+# that started it dies (even by SIGKILL): no training goes on unobserved. Set here rather than in a preexec_fn,
+# which is unsafe in a threaded parent such as a Ray worker.
+LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform == 'linux':\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+def child_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-c", LAUNCHER, *TRAIN_COMMAND, *args]
 
 
 def _log_header(log, args: list[str]) -> None:
@@ -72,12 +78,7 @@ def train_child(args: list[str], cwd: str, log_path: str, env: dict[str, str]) -
     with open(log_path, "ab") as log:
         _log_header(log, args)
         proc = subprocess.run(
-            [sys.executable, *TRAIN_COMMAND, *args],
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            preexec_fn=_die_with_parent,
+            child_command(args), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
     return proc.returncode, time.monotonic() - start
 
@@ -178,15 +179,11 @@ def run_local(queue: Queue, jobs: list[Job], slots: list[dict[str, str]]) -> Non
             if slot not in running and pending:
                 job = pending.pop(0)
                 queue.launch(job)
-                log = open(job.folder / "train.log", "ab")  # noqa: SIM115 (closed when the child ends)
+                log = open(job.folder / "train.log", "ab")  # closed when the child has ended
                 args = job.train_args()
                 _log_header(log, args)
                 proc = subprocess.Popen(
-                    [sys.executable, *TRAIN_COMMAND, *args],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **env},
-                    preexec_fn=_die_with_parent,
+                    child_command(args), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
                 )
                 job.started = time.monotonic()
                 running[slot] = (job, proc, log)
