@@ -15,6 +15,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("training.runs_cli", "list the study's runs with hyperparameters, parameter counts and reported accuracy"),
     "synth": ("training.synthetic", "write a synthetic dataset of the 8 galaxy classes in the GZ2 layout"),
     "train": ("training.train", "train a study run by id on synthetic, GZ2 or folder data"),
+    "prepare": ("training.prepared", "decode the centre crops of a dataset once into checksummed uint8 arrays"),
+    "reproduce": (
+        "training.reproduce",
+        "queue study runs (resumable, several at once), then tabulate them against the study",
+    ),
     "evaluate": ("training.evaluate", "evaluate a checkpoint on a test split"),
     "export": ("training.export", "export a checkpoint (or the best of a results dir) to verified ONNX"),
     "serve": ("serving.cli", "start the BentoML HTTP service for the exported models"),

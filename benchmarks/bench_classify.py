@@ -276,7 +276,7 @@ def rss_check(work: Path) -> None:
     print("| rows | seconds | peak RSS main (MiB) | peak RSS all processes (MiB) |\n|---|---|---|---|")
     for rows in (10_000, 200_000):
         catalogue = write_catalogue(work, rows, size=64)
-        command = [sys.executable, "-m", "galaxyvit", "classify", str(catalogue), "--onnx", str(onnx), "--id-col"]
+        command = [sys.executable, "-m", "app", "classify", str(catalogue), "--onnx", str(onnx), "--id-col"]
         command += ["objid", "--out", str(work / f"rss-{rows}"), "--force", "--no-progress", "--device", "cpu"]
         start = time.perf_counter()
         main_mib, tree_mib = peak_rss(command)

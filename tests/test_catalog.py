@@ -121,7 +121,7 @@ def test_parquet_catalogue_with_path_template(vit_onnx, tmp_path):
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "galaxyvit", "classify", *args]
+    command = [sys.executable, "-m", "app", "classify", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -171,7 +171,7 @@ def test_resume_after_sigkill_gives_every_input_exactly_once(catalogue, vit_onnx
     out = tmp_path / "out"
     args = [tmp_path / "cat.csv", "--onnx", vit_onnx, "--id-col", "objid", "--path-col", "file", "--out", out]
     args += ["--shard-size", "4", "--batch-size", "2", "--decode-workers", "1", "--no-progress"]
-    command = [sys.executable, "-m", "galaxyvit", "classify", *map(str, args)]
+    command = [sys.executable, "-m", "app", "classify", *map(str, args)]
     log = open(tmp_path / "log.txt", "wb")
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

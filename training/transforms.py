@@ -13,13 +13,22 @@ DataLoader workers, and identical after a resume. The evaluation transform is
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from galaxyvit.preprocess import Preprocessing, center_crop, eval_array, normalize
 
-__all__ = ["eval_array", "random_resized_crop_box", "sample_rng", "train_array"]
+__all__ = [
+    "AugmentParams",
+    "augment",
+    "draw_params",
+    "eval_array",
+    "random_resized_crop_box",
+    "sample_rng",
+    "train_array",
+]
 
 MAX_ROTATION = 90.0
 CROP_SCALE = (0.8, 1.0)
@@ -60,17 +69,39 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
+@dataclass(frozen=True)
+class AugmentParams:
+    """The random choices of one training sample: rotation angle (degrees), flips, crop box (left, top, w, h)."""
+
+    angle: float
+    hflip: bool
+    vflip: bool
+    box: tuple[int, int, int, int]
+
+
+def draw_params(rng: np.random.Generator, width: int, height: int) -> AugmentParams:
+    """Draw the parameters in the pipeline's order (rotation, flips, crop): every augmentation path uses this."""
+    angle = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
+    hflip = bool(rng.random() < 0.5)
+    vflip = bool(rng.random() < 0.5)
+    return AugmentParams(angle, hflip, vflip, random_resized_crop_box(width, height, rng))
+
+
+def augment(crop: Image.Image, params: AugmentParams, size: int) -> Image.Image:
+    """Rotate (nearest, black fill: torchvision's defaults), flip, then crop the box and resize it (bilinear)."""
+    image = crop.rotate(params.angle, resample=Image.NEAREST, fillcolor=(0, 0, 0))
+    if params.hflip:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    if params.vflip:
+        image = image.transpose(Image.FLIP_TOP_BOTTOM)
+    left, top, w, h = params.box
+    return image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
 def train_image(image: Image.Image, prep: Preprocessing, rng: np.random.Generator) -> Image.Image:
     """The augmented RGB crop (before normalisation), `prep.size` pixels square."""
-    image = center_crop(image.convert("RGB"), prep.crop)
-    angle = rng.uniform(-MAX_ROTATION, MAX_ROTATION)
-    image = image.rotate(angle, resample=Image.NEAREST, fillcolor=(0, 0, 0))  # torchvision default: nearest, fill 0
-    if rng.random() < 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    if rng.random() < 0.5:
-        image = image.transpose(Image.FLIP_TOP_BOTTOM)
-    left, top, w, h = random_resized_crop_box(image.width, image.height, rng)
-    return image.resize((prep.size, prep.size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    crop = center_crop(image.convert("RGB"), prep.crop)
+    return augment(crop, draw_params(rng, crop.width, crop.height), prep.size)
 
 
 def train_array(image: Image.Image, prep: Preprocessing, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,174 @@
+"""The study's training augmentation for a whole batch of centre crops on the training device.
+
+On a GPU the CPU loader is the ceiling (Pillow rotates and resizes every image, every epoch). Here
+the loader only delivers the uint8 crops of a prepared dataset plus each sample's random parameters,
+drawn by `training.transforms.draw_params` from the same (seed, epoch, index) generator as the CPU
+path, and the device applies them per batch:
+
+- rotation (nearest, black fill): Pillow's own output-to-input pixel map (`Image.rotate`'s matrix in
+  its 16.16 fixed-point arithmetic), computed in integers and gathered: bit for bit Pillow's pixels;
+- flips: exact;
+- RandomResizedCrop: bilinear `affine_grid`/`grid_sample` (float64) in two passes, horizontal then
+  vertical, each rounded to uint8 as Pillow resamples (border pixels clamp, like Pillow's edge weights);
+- normalisation: the same float32 lookup table as `galaxyvit.preprocess.normalize`.
+
+The result is within one grey level of the Pillow path for the same parameters (before normalisation):
+Pillow's resize uses 22-bit fixed-point weights, so about 0.1% of the values differ by one; the rest,
+and every rotated pixel, are identical (`tests/test_gpu_augment.py` measures it).
+
+Trainer wiring: `DeviceAugmentDataset` + `collate_crops` in the DataLoader, then
+`augment_batch(batch.crops.to(device), batch.params, prep)` in place of `batch.images`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from galaxyvit.preprocess import Preprocessing, normalize
+from training.prepared import PreparedSplit
+from training.transforms import AugmentParams, draw_params, sample_rng
+
+PARAM_FIELDS = ("angle", "hflip", "vflip", "left", "top", "width", "height")
+
+
+def params_tensor(params: Sequence[AugmentParams]) -> torch.Tensor:
+    """(N, 7) float64: angle, hflip, vflip, left, top, width, height of each sample."""
+    return torch.tensor([[p.angle, p.hflip, p.vflip, *p.box] for p in params], dtype=torch.float64)
+
+
+def sample_params(seed: int, epoch: int, indices: Sequence[int], crop: int) -> torch.Tensor:
+    """The parameters the CPU path would draw for these dataset indices in this epoch."""
+    return params_tensor([draw_params(sample_rng(seed, epoch, i), crop, crop) for i in indices])
+
+
+def pillow_rotation_matrix(angle: float, width: int, height: int) -> tuple[float, ...]:
+    """(a, b, c, d, e, f) of `Image.rotate(angle)`: input (x, y) = (a X + b Y + c, d X + e Y + f) of output (X, Y)."""
+    angle = -math.radians(angle % 360.0)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+    cx, cy = width / 2, height / 2
+    return a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy
+
+
+def _fix(value: float) -> int:
+    """Pillow's 16.16 fixed-point conversion of a matrix coefficient: FLOOR(v * 65536 + 0.5)."""
+    return math.floor(value * 65536.0 + 0.5)
+
+
+def rotation_sources(angles: Sequence[float], width: int, height: int, device: torch.device) -> torch.Tensor:
+    """(N, H*W) int64: the input pixel (y * W + x) that Pillow's nearest rotation copies to each output pixel, -1 for
+    the black fill. Pillow maps output to input pixels in 16.16 fixed point, stepping the coefficients along each
+    row; the same integer arithmetic here picks exactly its pixels (a float64 affine grid differs at ~0.1% of them)."""
+    ys = torch.arange(height, device=device, dtype=torch.int64).view(1, height, 1)
+    xs = torch.arange(width, device=device, dtype=torch.int64).view(1, 1, width)
+    coeffs = []
+    for angle in angles:
+        a, b, c, d, e, f = pillow_rotation_matrix(float(angle), width, height)
+        coeffs.append([_fix(a), _fix(b), _fix(c + a * 0.5 + b * 0.5), _fix(d), _fix(e), _fix(f + d * 0.5 + e * 0.5)])
+    k = torch.tensor(coeffs, dtype=torch.int64, device=device).view(-1, 6, 1, 1)
+    x_in = (k[:, 2] + ys * k[:, 1] + xs * k[:, 0]) >> 16  # arithmetic shift: floor, as in C
+    y_in = (k[:, 5] + ys * k[:, 4] + xs * k[:, 3]) >> 16
+    inside = (x_in >= 0) & (x_in < width) & (y_in >= 0) & (y_in < height)
+    return torch.where(inside, y_in * width + x_in, -1).view(len(coeffs), -1)
+
+
+def rotate_nearest(images: torch.Tensor, angles: Sequence[float]) -> torch.Tensor:
+    """Pillow's `rotate(angle, NEAREST, fillcolor=black)` of each (N, C, H, W) image, bit for bit."""
+    n, c, h, w = images.shape
+    sources = rotation_sources(angles, w, h, images.device)
+    flat = images.reshape(n, c, h * w)
+    picked = flat.gather(2, sources.clamp(min=0).unsqueeze(1).expand(n, c, h * w))
+    return torch.where(sources.unsqueeze(1) >= 0, picked, torch.zeros_like(picked)).view(n, c, h, w)
+
+
+def _round_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's rounding of a resampled value: half up, clipped to 0..255 (kept as float)."""
+    return torch.floor(x + 0.5).clamp_(0, 255)
+
+
+def _resample_1d(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Bilinear resampling of each image's window [start, start + length) to `size` pixels along W (dim 3) or H (2)."""
+    n, _, h, w = x.shape
+    extent = w if dim == 3 else h
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    scale, shift = lengths / extent, (2 * starts + lengths) / extent - 1
+    if dim == 3:
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1] = scale, shift, 1.0
+        out_size = (n, x.shape[1], h, size)
+    else:
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, 1, 2] = 1.0, scale, shift
+        out_size = (n, x.shape[1], size, w)
+    grid = F.affine_grid(theta, out_size, align_corners=False)  # the other axis maps onto itself
+    return _round_uint8(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False))
+
+
+def augment_crops(crops: torch.Tensor, params: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 crops + (N, 7) parameters -> (N, 3, size, size) uint8 augmented images."""
+    if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
+        raise ValueError(f"augment_crops takes (N, H, W, 3) uint8 crops, not {crops.dtype} {tuple(crops.shape)}")
+    n = crops.shape[0]
+    params = params.to(torch.float64).cpu()
+    x = rotate_nearest(crops.permute(0, 3, 1, 2), params[:, 0].tolist()).to(torch.float64)
+    hflip = params[:, 1].bool().to(x.device).view(n, 1, 1, 1)
+    vflip = params[:, 2].bool().to(x.device).view(n, 1, 1, 1)
+    x = torch.where(hflip, x.flip(3), x)
+    x = torch.where(vflip, x.flip(2), x)
+    box = params[:, 3:].to(x.device)
+    x = _resample_1d(x, box[:, 0], box[:, 2], size, dim=3)  # Pillow: horizontal pass first
+    x = _resample_1d(x, box[:, 1], box[:, 3], size, dim=2)
+    return x.to(torch.uint8)
+
+
+def normalize_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float32 (v / 255 - mean) / std, bit for bit the CPU path's lookup table."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # (1, 256, 3): every value
+    table = torch.from_numpy(normalize(levels, prep)[:, 0]).to(images.device)  # (3, 256)
+    offsets = (torch.arange(3, device=images.device) * 256).view(1, 3, 1, 1)
+    return table.flatten()[images.long() + offsets]
+
+
+def augment_batch(crops: torch.Tensor, params: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """The training transform of a batch on its device: what `train_array` gives each sample on the CPU."""
+    return normalize_batch(augment_crops(crops, params, prep.size), prep)
+
+
+class DeviceAugmentDataset(torch.utils.data.Dataset):
+    """Training items for augmentation on the device: (uint8 crop (H, W, 3), label, index, parameters (7,))."""
+
+    def __init__(self, split: PreparedSplit, seed: int = 0):
+        self.split, self.seed, self.epoch = split, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        crop = torch.from_numpy(np.array(self.split.crops()[index]))
+        params = sample_params(self.seed, self.epoch, [index], self.split.crop)[0]
+        return crop, self.split.labels[index], index, params
+
+
+@dataclass
+class CropBatch:
+    crops: torch.Tensor  # (N, H, W, 3) uint8
+    params: torch.Tensor  # (N, 7) float64
+    labels: torch.Tensor
+    indices: torch.Tensor
+    bad: list[int]  # always empty: a prepared dataset has no unreadable images
+
+    def pin_memory(self) -> CropBatch:
+        return CropBatch(self.crops.pin_memory(), self.params, self.labels.pin_memory(), self.indices.pin_memory(), [])
+
+
+def collate_crops(items) -> CropBatch:
+    crops, labels, indices, params = zip(*items)
+    labels_t, indices_t = torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long)
+    return CropBatch(torch.stack(crops), torch.stack(params), labels_t, indices_t, [])
