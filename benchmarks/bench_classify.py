@@ -5,7 +5,7 @@
   python benchmarks/bench_classify.py --rss                  # peak RSS at 10,000 and 200,000 rows (tiny model)
 
 Models are random-initialised at their study run's size (speed does not depend on the weights),
-exported and registered exactly as `galaxyvit export` does (load_tests/models.py, in a child
+exported and registered exactly as `galaxyvit export` does (training/random_models.py, in a child
 process, so no torch here). The catalogue is a CSV of N rows naming 424x424 synthetic JPEG
 cutouts (a pool of 64 files, repeated). For every engine: images/s, and CPU seconds per image of
 each process (where the time goes):
@@ -44,7 +44,7 @@ from catalog.job import classify_catalogue, cores  # noqa: E402
 from galaxyvit.preprocess import eval_batch  # noqa: E402
 from serving.runtime import load_model  # noqa: E402
 
-FAMILY = {"vit-110421": "vit", "linformer-010522B": "linformer"}  # load_tests/models.py builds these sizes
+FAMILY = {"vit-110421": "vit", "linformer-010522B": "linformer"}  # training/random_models.py builds these sizes
 DEFAULT_IMAGES = {"vit-110421": 1536, "linformer-010522B": 6144}
 POOL = 64
 REQUEST_IMAGES = 16
@@ -56,8 +56,8 @@ def export_models(work: Path, runs: list[str], tiny: bool = False) -> Path:
     home = work / "bentoml_home"
     missing = [FAMILY[r] for r in runs if not (work / "models" / FAMILY[r] / "fp32.onnx").is_file()]
     if missing:
-        command = [sys.executable, "-m", "load_tests.models", "--out", str(work), "--home", str(home)]
-        command += ["--families", ",".join(missing)] + (["--tiny"] if tiny else [])
+        command = [sys.executable, "-m", "training.random_models", "--out", str(work), "--home", str(home)]
+        command += missing + (["--tiny"] if tiny else [])
         subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return home
 
@@ -276,7 +276,14 @@ def rss_check(work: Path) -> None:
     print("| rows | seconds | peak RSS main (MiB) | peak RSS all processes (MiB) |\n|---|---|---|---|")
     for rows in (10_000, 200_000):
         catalogue = write_catalogue(work, rows, size=64)
-        command = [sys.executable, "-m", "app", "classify", str(catalogue), "--onnx", str(onnx), "--id-col"]
+        command = [
+            str(Path(sys.executable).with_name("galaxyvit")),
+            "classify",
+            str(catalogue),
+            "--onnx",
+            str(onnx),
+            "--id-col",
+        ]
         command += ["objid", "--out", str(work / f"rss-{rows}"), "--force", "--no-progress", "--device", "cpu"]
         start = time.perf_counter()
         main_mib, tree_mib = peak_rss(command)

@@ -26,8 +26,9 @@ import time
 import torch
 
 from galaxyvit.preprocess import preprocessing_for
-from training.data import DataConfig, EpochSampler, ImageDataset, collate, load_data
+from training.data import DataConfig, load_data
 from training.gpu_augment import DeviceAugmentDataset, augment_batch, collate_crops
+from training.loader import EpochSampler, ImageDataset, collate
 from training.prepared import PreparedDataset, default_out, is_current, prepare, prepared_data
 
 

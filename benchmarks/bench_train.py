@@ -7,7 +7,7 @@ on the same random batch, alternating ours and the reference step by step so tha
 same machine load. Prints a table; not a test.
 
   python benchmarks/bench_train.py                          # vit-110421 and linformer-010522B, 3 steps each
-  python benchmarks/bench_train.py --steps 10 --device cuda # on a GPU (bf16 autocast, as the trainer)
+  python benchmarks/bench_train.py --steps 10 --device cuda # on a GPU (bf16 autocast, the trainer's --precision bf16)
 
 vit-pytorch's package __init__ imports torchvision (not installed here), so its two files are
 loaded directly with importlib.

@@ -126,7 +126,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def test_bad_arguments_are_one_line_errors_with_status_2(catalogue, vit_onnx, tmp_path, capsys):
-    from galaxyvit.cli import main
+    from app.cli import main
 
     path, _ = catalogue
     cutouts = path.parent / "cutouts"

@@ -10,16 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from galaxyvit.cli import main as cli_main
 from PIL import Image
 from tiny_galaxies import HEADER, write_tiny_dataset
 
+from app.cli import main as cli_main
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import center_crop, preprocessing_for
-from training.data import DataConfig, ImageDataset, load_data
+from training.data import DataConfig, load_data
+from training.loader import ImageDataset
 from training.prepared import (
     PreparedDataset,
     PreparedError,
+    PreparedSplit,
     dataset_for,
     find_prepared,
     open_split,
@@ -88,27 +90,24 @@ def test_items_equal_the_jpeg_dataset_for_the_same_seed_epoch_index(tiny, tiny_p
     assert isinstance(dataset_for(jpeg, prep), ImageDataset)
 
 
-def test_training_from_prepared_data_gives_the_jpeg_run(tiny, tiny_prepared, tmp_path, monkeypatch):
-    """The trainer wired to prepared data (its two call sites patched as the lead will wire them) reproduces
-    the JPEG run: same losses and accuracies every epoch, same test predictions."""
-    import training.evaluate
-    import training.train
+def test_training_from_prepared_data_gives_the_jpeg_run(tiny, tiny_prepared, tmp_path):
+    """The trainer reads the prepared crops when they are there (train, valid and test) and reproduces the
+    JPEG run: same losses and accuracies every epoch, same test predictions."""
+    from training.prepared import load_training_data
+    from training.train import TrainOptions, train
 
     run = get_run("linformer-010522").with_overrides(**TINY)
-    cfg = DataConfig(kind="gz2", dataset=str(tiny))
-    kwargs = dict(epochs=2, workers=0, threads=1, seed=3, deterministic=True, results_file=None, progress=False)
-    jpeg_out = training.train.train(run, cfg, tmp_path / "jpeg", **kwargs)
-    monkeypatch.setattr(training.train, "load_data", lambda cfg, **_: prepared_data(tiny_prepared, limit=cfg.limit))
-    made = []
+    jpeg_cfg = DataConfig(kind="gz2", dataset=str(tiny), prepared="off")
+    prepared_cfg = DataConfig(kind="gz2", dataset=str(tiny))  # "auto": the default folder, made by the fixture
+    assert all(isinstance(s, PreparedSplit) for s in load_training_data(prepared_cfg, quiet=True).splits.values())
+    assert not any(isinstance(s, PreparedSplit) for s in load_training_data(jpeg_cfg, quiet=True).splits.values())
 
-    def recording_dataset_for(*args, **kw):
-        made.append(dataset_for(*args, **kw))
-        return made[-1]
+    def options(name: str) -> TrainOptions:
+        return TrainOptions(out=tmp_path / name, epochs=2, workers=0, threads=1, seed=3, deterministic=True,
+                            results_file=None, progress=False)  # fmt: skip
 
-    monkeypatch.setattr(training.train, "ImageDataset", recording_dataset_for)
-    monkeypatch.setattr(training.evaluate, "ImageDataset", recording_dataset_for)
-    prepared_out = training.train.train(run, cfg, tmp_path / "prepared", **kwargs)
-    assert made and all(isinstance(d, PreparedDataset) for d in made)  # train, valid and test read the arrays
+    jpeg_out = train(run, jpeg_cfg, options("jpeg"))
+    prepared_out = train(run, prepared_cfg, options("prepared"))
 
     def history(out):
         with open(out / "history.csv") as f:

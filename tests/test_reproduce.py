@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from galaxyvit.cli import main as cli_main
 from PIL import Image
 from tiny_galaxies import write_tiny_dataset
+
+from app.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST, SECOND = "linformer-010522", "vit-110421"

@@ -60,6 +60,7 @@ class DataConfig:
     synth_n: int = 3000
     synth_seed: int = 0
     cache_root: str = "data"
+    prepared: str = "auto"  # prepared crops: "auto" (the default folder when current), "off", or a folder
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.data import Data, DataConfig, ensure_synthetic, load_data
+from training.data import Data, DataConfig, ensure_synthetic
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ def load_data_once(cfg: DataConfig, procs: Processes, progress: bool) -> Data:
         if procs.is_main:
             ensure_synthetic(cfg, progress=progress)
         procs.barrier()
-    return load_data(cfg, quiet=not procs.is_main, progress=progress)
+    from training.prepared import load_training_data
+
+    return load_training_data(cfg, quiet=not procs.is_main, progress=progress)
 
 
 def default_workers(device: torch.device, local_world: int) -> int:

@@ -9,7 +9,6 @@ The images go through galaxyvit.preprocess.eval_array, the same transform that e
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,12 @@ from tqdm import tqdm
 
 from galaxyvit.preprocess import Preprocessing
 from training.checkpoint import CheckpointError, model_from_checkpoint
-from training.data import Data, DataConfig, DataError, Split, load_data
-from training.loader import ImageDataset, make_loader
+from training.data import Data, DataConfig, DataError, Split
+from training.loader import make_loader
 from training.metrics import RunMetrics, plot_confusion, summarize, write_predictions
+from training.prepared import dataset_for, load_training_data
 from training.registry import Run
+from training.study_comparison import write_study_comparison
 
 
 @torch.no_grad()
@@ -45,7 +46,7 @@ def predict(
     Always in fp32 (no autocast), whatever precision the model was trained in: validation accuracy
     chooses the best epoch, and the test figures must be what the fp32 ONNX export serves.
     """
-    dataset = ImageDataset(split, prep, train=False)
+    dataset = dataset_for(split, prep, train=False)
     indices = list(range(len(split))) if indices is None else indices
     loader = make_loader(dataset, batch_size, indices, workers, device)
     was_training = model.training
@@ -71,18 +72,6 @@ class TrainingOutcome:
     train_acc: float  # at the best epoch
     epochs_trained: int
     precision: str
-
-
-def compare_with_study(out_dir: Path, galaxy_ids: list[str], y_true: list[int], y_pred: list[int]) -> Path | None:
-    """study_comparison.md/.json beside the report when the split is the study's GZ2 test split, else None.
-
-    The comparison itself is training/study_comparison.py's; this is where the test-split report calls it.
-    """
-    if importlib.util.find_spec("training.study_comparison") is None:
-        return None
-    from training.study_comparison import write_study_comparison
-
-    return write_study_comparison(out_dir, galaxy_ids, y_true, y_pred)
 
 
 def report_split(
@@ -153,7 +142,7 @@ def report_split(
     )
     metrics.save(out_dir / "metrics.json")
     if split_name == "test":
-        comparison = compare_with_study(out_dir, ids, y_true, y_pred)
+        comparison = write_study_comparison(out_dir, ids, y_true, y_pred, class_names=data.class_names)
         if comparison is not None:
             print(f"compared with the study's ViT-Base galaxy by galaxy: {comparison}", file=sys.stderr)
     return metrics
@@ -173,6 +162,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--classes", help="folder: class names file (JSON list or TOML classes = [...])")
     g.add_argument("--limit", type=int, help="use at most N images of each split")
+    g.add_argument(
+        "--prepared",
+        default="auto",
+        help="prepared crops (galaxyvit prepare): auto (the default folder when current), off, or a folder",
+    )
     g.add_argument("--synth-n", type=int, default=3000, help="synthetic: number of images (default 3000)")
     g.add_argument("--synth-seed", type=int, default=0, help="synthetic: generator seed (default 0)")
 
@@ -186,6 +180,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         classes=args.classes,
         split_pattern=args.split_pattern,
         limit=args.limit,
+        prepared=args.prepared,
         synth_n=args.synth_n,
         synth_seed=args.synth_seed,
     )
@@ -202,7 +197,7 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> RunMetrics:
     """Evaluate a best.pt on a split of the data; write the report files and metrics.json."""
-    data = load_data(data_cfg, progress=progress)
+    data = load_training_data(data_cfg, progress=progress)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return report_split(
         checkpoint,

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from galaxyvit.paths import GZ2_SPLITS
 from galaxyvit.preprocess import Preprocessing, center_crop, eval_array, normalize
-from training.data import SHOW_IDS, SPLITS, Data, DataConfig, DataError, ImageDataset, Split, load_data, synthetic_dir
+from training.data import SHOW_IDS, SPLITS, Data, DataConfig, DataError, Split, load_data, synthetic_dir
+from training.loader import ImageDataset
 from training.transforms import sample_rng, train_array
 
 FORMAT = "galaxyvit-prepared-v1"
@@ -238,6 +239,17 @@ def find_prepared(cfg: DataConfig) -> Path | None:
         if not source.is_file() or sha256_file(source) != entry["source_csv_sha256"]:
             return None
     return folder
+
+
+def load_training_data(cfg: DataConfig, *, quiet: bool = False, progress: bool = True) -> Data:
+    """What train and evaluate read: the prepared crops (`cfg.prepared`: "auto" uses the default folder when it
+    was made from the same split files; a folder is used as given) or, without them, the JPEGs (`load_data`)."""
+    folder = None if cfg.prepared == "off" else find_prepared(cfg) if cfg.prepared == "auto" else Path(cfg.prepared)
+    if folder is None:
+        return load_data(cfg, quiet=quiet, progress=progress)
+    if not quiet:
+        print(f"reading prepared crops from {folder} (no JPEG decoding)", file=sys.stderr)
+    return prepared_data(folder, limit=cfg.limit)
 
 
 class PreparedDataset(torch.utils.data.Dataset):

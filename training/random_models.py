@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from galaxyvit.classes import CLASS_NAMES
 
 # family -> (study run whose architecture is used, overrides that make it tiny for tests)
 FAMILIES: dict[str, tuple[str, dict]] = {
@@ -26,13 +29,22 @@ TINY_VITBASE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, 
 
 
 def export_random(
-    family: str, out: Path, home: Path, *, tiny: bool = False, seed: int = 0, valid_acc: float = 0.0
+    family: str,
+    out: Path,
+    home: Path,
+    *,
+    tiny: bool = False,
+    seed: int = 0,
+    valid_acc: float = 0.0,
+    name: str | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> Path:
     """Build `family` with random weights, save out/checkpoints/<family>/best.pt, export it into
     out/models/<family> and register it in the BentoML home `home`; the exported model folder.
 
     valid_acc is recorded in the checkpoint as its validation accuracy (the model is untrained:
-    tests record a known value to follow it to the model card and /metrics)."""
+    tests record a known value to follow it to the model card and /metrics). `name` (default the family)
+    names the exported model; `class_names` gives a scratch model a class list of its own (a user's classes)."""
     import torch
     from transformers import ViTConfig
 
@@ -45,18 +57,21 @@ def export_random(
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     run_id, tiny_overrides = FAMILIES[family]
+    name = name or family
+    if run_id.startswith("vitbase") and list(class_names) != list(CLASS_NAMES):
+        raise ValueError("a random ViT-Base keeps the 8 GZ2 classes")
     run = get_run(run_id)
     torch.manual_seed(seed)
     if run.family == "vitbase":
         model = build_vitbase(pretrained=False, config=ViTConfig(**TINY_VITBASE) if tiny else ViTConfig())
     else:
         run = run.with_overrides(**tiny_overrides) if tiny else run
-        model = build_model(run, pretrained=False)
-    checkpoint = Path(out) / "checkpoints" / family / "best.pt"
+        model = build_model(run, num_classes=len(class_names), pretrained=False)
+    checkpoint = Path(out) / "checkpoints" / name / "best.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    save_model(checkpoint, model.eval(), run, epoch=0, valid_acc=valid_acc)
-    export_checkpoint(checkpoint, out_root=Path(out) / "models", name=family, quiet=True, max_valid=0, home=home)
-    return Path(out) / "models" / family
+    save_model(checkpoint, model.eval(), run, epoch=0, valid_acc=valid_acc, class_names=class_names)
+    export_checkpoint(checkpoint, out_root=Path(out) / "models", name=name, quiet=True, max_valid=0, home=home)
+    return Path(out) / "models" / name
 
 
 def export_random_models(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from training.reproduction import STATUS_FILE, duration, read_history, read_json, run_row, write_table
 
-TRAIN_COMMAND = ("-m", "app", "train")  # `galaxyvit train`, run by the Python of whoever runs the child
+TRAIN_COMMAND = ("-m", "training.train")  # `galaxyvit train`, run by the Python of whoever runs the child
 POLL_S = 2.0
 
 
@@ -51,7 +51,7 @@ class Job:
         return [self.run_id, "--out", str(self.folder), *self.options, *self.resources, *results, *resume]
 
 
-# Runs `python -m galaxyvit train ...` in the same process after asking Linux to SIGTERM it when the process
+# Runs `python -m training.train ...` in the same process after asking Linux to SIGTERM it when the process
 # that started it dies (even by SIGKILL): no training goes on unobserved. Set here rather than in a preexec_fn,
 # which is unsafe in a threaded parent such as a Ray worker.
 LAUNCHER = (

@@ -40,9 +40,10 @@ from training.distributed import (
 from training.epoch import PRECISIONS, EpochPlan, EpochSums, Learner, Precision, steps_per_epoch, train_epoch
 from training.evaluate import TrainingOutcome, add_data_arguments, data_config, predict, report_split
 from training.families import family
-from training.loader import BadImages, ImageDataset
+from training.loader import BadImages
 from training.metrics import RunMetrics, append_results
 from training.models import build_model
+from training.prepared import dataset_for
 from training.registry import Run, get_run, parse_overrides
 from training.resume import load_last, save_last, seed_everything
 from training.run_log import EpochRecord, RunLog, announce_run, epoch_record
@@ -182,7 +183,7 @@ def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> P
     if procs.is_main:
         announce_run(run, data, dev, procs, opts.precision, loss_weights)
 
-    train_set = ImageDataset(train_split, prep, train=True, seed=opts.seed)
+    train_set = dataset_for(train_split, prep, train=True, seed=opts.seed)
     steps = steps_per_epoch(len(train_split), batch_size, procs)
     loss_fn = GlobalWeightedLoss(class_w, procs)
     plan = EpochPlan(run.epochs, steps, batch_size, opts.seed, procs, dev, workers, opts.progress, amp, loss_fn)
