@@ -96,7 +96,7 @@ def test_energy_and_max_softmax_scores():
     np.testing.assert_allclose(energy(logits), [-np.log(2), -(10 + np.log1p(np.exp(-10)))])
     np.testing.assert_allclose(galaxy_score(logits, "energy"), -energy(logits))
     np.testing.assert_allclose(galaxy_score(logits, "max_softmax"), [0.5, 1 / (1 + np.exp(-10))])
-    with pytest.raises(ValueError, match="unknown OOD score"):
+    with pytest.raises(ValueError, match="unknown logit OOD score"):
         galaxy_score(logits, "entropy")
 
 
