@@ -9,6 +9,7 @@ from PIL import Image
 
 from galaxyvit.preprocess import Preprocessing, eval_array
 from training.attention import (
+    AttentionMapsModule,
     attention_maps,
     attention_rollout,
     cls_patch_grid,
@@ -202,3 +203,55 @@ def test_vitbase_attentions_under_eager_give_the_same_logits(tmp_path):
     _, layers, _ = record_attention(model, images)
     assert len(layers) == 3
     torch.testing.assert_close(attention_rollout(layers).sum(-1), torch.ones(2, 17), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["vit", "linformer", "vitbase"])
+def test_maps_module_exports_to_onnx_with_the_same_outputs(tmp_path, family):
+    """The maps as ONNX outputs (for a serving variant without torch): same numbers, any batch size."""
+    import warnings
+
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    if family == "vit":
+        model = tiny_vit()
+    elif family == "linformer":
+        model = build_linformer_vit(
+            image_size=32, patch_size=8, num_classes=8, dim=16, depth=2, heads=2, k=5, shared_kv=False
+        )
+    else:
+        from transformers import ViTConfig
+
+        from training.vitbase import build_vitbase
+
+        config = ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+        model = build_vitbase(num_classes=8, pretrained=False, config=config)
+    module = AttentionMapsModule(model.eval())
+    names = ["logits", "heads", "overview"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.zeros(2, 3, 32, 32),),
+            str(tmp_path / "maps.onnx"),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
+        )
+    session = ort.InferenceSession(str(tmp_path / "maps.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(3, 3, 32, 32)
+    onnx_outputs = session.run(names, {"images": images.numpy()})
+    maps = attention_maps(model, images)
+    expected = [maps.logits, maps.heads, maps.overview]
+    for name, got, want in zip(names, onnx_outputs, expected):
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)

@@ -183,6 +183,31 @@ def record_attention(
     return logits, recorder.layers, recorder.projections
 
 
+class AttentionMapsModule(nn.Module):
+    """`model` with its maps as outputs: forward(images) -> (logits (B, C), heads (B, H, g, g), overview (B, g, g)).
+
+    overview is the rollout, or for the Linformer the head mean of the last layer's maps. The model's
+    own forward computes the logits. It traces to ONNX (torch.onnx.export with dynamo=False, dynamic
+    batch): the hooks run while tracing, so the graph holds the recomputed softmax and the rollout.
+    """
+
+    def __init__(self, model: nn.Module, projection: str = "value"):
+        super().__init__()
+        if model.training:
+            raise ValueError("attention maps need the model in eval mode (no dropout): call model.eval()")
+        self.model, self.projection = model, projection
+        self.family, self.grid = family_of(model), _grid_of(model)
+        self.eval()  # like the model; an exporter restores this mode afterwards
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, layers, projections = record_attention(self.model, images, self.projection)
+        if self.family == "linformer":
+            last = linformer_patch_map(layers[-1], projections[-1])  # (B, H, n) over CLS + patches
+            heads = last[..., 1:].reshape(last.shape[0], last.shape[1], self.grid, self.grid)
+            return logits, heads, heads.mean(dim=1)
+        return logits, cls_patch_grid(layers[-1], self.grid), cls_patch_grid(attention_rollout(layers), self.grid)
+
+
 @torch.no_grad()
 def attention_maps(model: nn.Module, images: torch.Tensor | np.ndarray, projection: str = "value") -> AttentionMaps:
     """Logits and attention maps of a batch of preprocessed images (B, 3, H, W), model in eval mode.
@@ -190,15 +215,11 @@ def attention_maps(model: nn.Module, images: torch.Tensor | np.ndarray, projecti
     `projection` ("value" or "key") is the Linformer matrix used to carry attention back to patches
     (see `linformer_patch_map`); with shared_kv both are the same matrix. Other families ignore it.
     """
-    family, grid = family_of(model), _grid_of(model)
-    logits, layers, projections = record_attention(model, images, projection)
-    if family == "linformer":
-        last = linformer_patch_map(layers[-1], projections[-1])  # (B, H, n) over CLS + patches
-        heads = last[..., 1:].reshape(*last.shape[:-1], grid, grid)
-        return AttentionMaps(logits.float().numpy(), heads.float().numpy(), None, f"linformer-{projection}-projection")
-    heads = cls_patch_grid(layers[-1], grid)
-    rollout = cls_patch_grid(attention_rollout(layers), grid)
-    return AttentionMaps(logits.float().numpy(), heads.float().numpy(), rollout.float().numpy(), "rollout")
+    module = AttentionMapsModule(model, projection)
+    logits, heads, overview = (t.float().numpy() for t in module(torch.as_tensor(images, dtype=torch.float32)))
+    if module.family == "linformer":
+        return AttentionMaps(logits, heads, None, f"linformer-{projection}-projection")
+    return AttentionMaps(logits, heads, overview, "rollout")
 
 
 def upsample(grid_map: np.ndarray, size: int) -> np.ndarray:

@@ -128,8 +128,9 @@ def write_figure(
         ax_map.imshow(overview, cmap="coolwarm", vmin=-limit, vmax=limit, alpha=0.55)
         ax_map.set_title("last layer, head mean (signed)", fontsize=9)
     else:
-        ax_map.imshow(overview / (overview.max() or 1.0), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-        ax_map.set_title("attention rollout", fontsize=9)
+        span = float(overview.max() - overview.min()) or 1.0
+        ax_map.imshow((overview - overview.min()) / span, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+        ax_map.set_title("attention rollout (min to max)", fontsize=9)
     for i, head in enumerate(heads):
         ax = fig.add_subplot(grid[i // n_cols, 4 + i % n_cols])
         if signed:
