@@ -89,10 +89,11 @@ def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def natural_scene(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     rows = np.linspace(0, 1, size)[:, None, None]
-    horizon = rng.uniform(0.35, 0.65) + 0.05 * _pink_noise(rng, size)[0][None, :, None]
+    level = rng.uniform(0.35, 0.65)
+    horizon = level + 0.05 * _pink_noise(rng, size)[0][None, :, None]  # a ragged skyline
     sky_top, sky_low = np.array([70, 120, 200]), np.array([170, 200, 230])
     ground_colour = np.array([[90, 110, 50], [120, 95, 60], [70, 90, 70]])[rng.integers(3)]
-    sky = sky_top + (sky_low - sky_top) * np.clip(rows / horizon, 0, 1)
+    sky = sky_top + (sky_low - sky_top) * np.clip(rows / level, 0, 1)
     ground = ground_colour * (1 + 0.35 * _pink_noise(rng, size)[..., None])
     clouds = 40 * np.clip(_pink_noise(rng, size), 0, None)[..., None] * (rows < horizon)
     image = np.where(rows < horizon, sky + clouds, ground)
