@@ -1,0 +1,203 @@
+"""Out-of-distribution flag: is this input like the galaxies the model was trained on? (numpy only)
+
+Three scores, all "higher = more like the training galaxies":
+  energy:      logsumexp(logits), the negative of the free energy E(x) = -logsumexp(logits)
+               (Liu et al. 2020, "Energy-based Out-of-distribution Detection");
+  max_softmax: the largest softmax probability (Hendrycks & Gimpel 2017);
+  mahalanobis: minus the smallest Mahalanobis distance (squared) of the CLS embedding (the head's
+               input) to the class means of training galaxies, with one shared covariance
+               (Lee et al. 2018). Needs the embeddings and the fitted `FeatureGaussians`.
+The logit scores come free with every prediction but can be fooled: a model is often as confident
+on noise or blank sky as on a galaxy, because the classifier head only sees which class direction
+an input's features point to, not whether they look like any galaxy's features (docs/explain.md
+measures this). The feature-space score checks exactly that.
+
+A threshold is fitted on validation galaxies so that (at least) 95% of them pass; an input scoring
+below it gets `in_distribution: false`. Logit scores use the raw logits (before any temperature),
+at fit time and at prediction time alike. `auroc` measures how well a score separates galaxies from
+a set of non-galaxies, which is how `choose_method` picks the score to use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+LOGIT_METHODS = ("energy", "max_softmax")
+METHODS = (*LOGIT_METHODS, "mahalanobis")
+KEEP = 0.95
+RIDGE = 1e-3
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    return (top + np.log(np.exp(z - top).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """Free energy -logsumexp(logits) per row: low for inputs like the training data."""
+    return -logsumexp(logits)
+
+
+def galaxy_score(logits: np.ndarray, method: str) -> np.ndarray:
+    """(N,) scores, higher = more like the training galaxies: -energy or the max softmax probability."""
+    if method == "energy":
+        return -energy(logits)
+    if method == "max_softmax":
+        z = np.asarray(logits, dtype=np.float64)
+        return np.exp(z.max(axis=-1) - logsumexp(z))
+    raise ValueError(f"unknown logit OOD score {method!r}; choose from {', '.join(LOGIT_METHODS)}")
+
+
+@dataclass
+class FeatureGaussians:
+    """Class-conditional Gaussians of CLS embeddings with one shared covariance: means (C, D), precision (D, D)."""
+
+    means: np.ndarray
+    precision: np.ndarray
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N,) minus the squared Mahalanobis distance to the nearest class mean (0 at a mean, lower further out)."""
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim != 2 or e.shape[1] != self.means.shape[1]:
+            raise ValueError(f"expected embeddings (N, {self.means.shape[1]}), got {e.shape}")
+        ep, mp = e @ self.precision, self.means @ self.precision
+        squared = (ep * e).sum(1)[:, None] - 2 * ep @ self.means.T + (mp * self.means).sum(1)[None, :]
+        return -np.maximum(squared, 0).min(axis=1)
+
+    def save(self, path: str | Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, means=self.means, precision=self.precision)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureGaussians:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(means=data["means"], precision=data["precision"])
+
+
+def fit_feature_gaussians(embeddings: np.ndarray, labels: np.ndarray, ridge: float = RIDGE) -> FeatureGaussians:
+    """Class means and the shared covariance of (training) embeddings; the covariance gets `ridge` times its
+    mean variance added on the diagonal, so it inverts even with fewer images than dimensions."""
+    e, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels)
+    if e.ndim != 2 or labels.shape != (len(e),) or len(e) < 2:
+        raise ValueError(f"expected embeddings (N >= 2, D) and labels (N,), got {e.shape} and {labels.shape}")
+    classes = np.unique(labels)
+    means = np.stack([e[labels == c].mean(axis=0) for c in classes])
+    centred = e - means[np.searchsorted(classes, labels)]
+    covariance = centred.T @ centred / len(e)
+    covariance += ridge * max(float(np.trace(covariance)) / e.shape[1], 1e-12) * np.eye(e.shape[1])
+    return FeatureGaussians(means=means, precision=np.linalg.inv(covariance))
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Area under the ROC curve of `positive` scored above `negative`: P(pos > neg) + P(pos = neg) / 2
+    (the Mann-Whitney U statistic over all pairs, ties counted half), in O(n log n)."""
+    positive, negative = np.asarray(positive, np.float64).ravel(), np.asarray(negative, np.float64).ravel()
+    if not len(positive) or not len(negative):
+        raise ValueError("AUROC needs at least one score on each side")
+    ordered = np.sort(negative)
+    below = np.searchsorted(ordered, positive, side="left")
+    not_above = np.searchsorted(ordered, positive, side="right")
+    return float((below + 0.5 * (not_above - below)).sum() / (len(positive) * len(negative)))
+
+
+@dataclass(frozen=True)
+class OODRule:
+    """What the model card stores: the score, its threshold and the share of validation galaxies passing.
+
+    For "mahalanobis" the rule also holds the `FeatureGaussians` (not in `to_dict`: they are saved
+    beside the card with `FeatureGaussians.save`, and handed to `from_dict`).
+    """
+
+    method: str
+    threshold: float
+    keep: float
+    valid_pass_rate: float
+    n_valid: int
+    gaussians: FeatureGaussians | None = field(default=None, compare=False, repr=False)
+
+    def scores(self, logits: np.ndarray | None, embeddings: np.ndarray | None = None) -> np.ndarray:
+        if self.method != "mahalanobis":
+            return galaxy_score(logits, self.method)
+        if self.gaussians is None or embeddings is None:
+            raise ValueError("the mahalanobis OOD score needs the fitted FeatureGaussians and the CLS embeddings")
+        return self.gaussians.score(embeddings)
+
+    def in_distribution(self, logits: np.ndarray | None, embeddings: np.ndarray | None = None) -> np.ndarray:
+        """(N,) booleans: the input scores at least the threshold (like >= `keep` of validation galaxies)."""
+        return self.scores(logits, embeddings) >= self.threshold
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "threshold": self.threshold,
+            "keep": self.keep,
+            "valid_pass_rate": self.valid_pass_rate,
+            "n_valid": self.n_valid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, gaussians: FeatureGaussians | None = None) -> OODRule:
+        """Read a rule back; an unknown method, or mahalanobis without its Gaussians, fails here, not at a request."""
+        if data["method"] not in METHODS:
+            raise ValueError(f"unknown OOD score {data['method']!r}; choose from {', '.join(METHODS)}")
+        if data["method"] == "mahalanobis" and gaussians is None:
+            raise ValueError("a mahalanobis OOD rule needs its FeatureGaussians")
+        fields = ("method", "threshold", "keep", "valid_pass_rate", "n_valid")
+        return cls(**{k: data[k] for k in fields}, gaussians=gaussians)
+
+
+def fit_ood_rule(
+    valid_logits: np.ndarray | None,
+    method: str = "energy",
+    keep: float = KEEP,
+    valid_embeddings: np.ndarray | None = None,
+    gaussians: FeatureGaussians | None = None,
+) -> OODRule:
+    """Threshold = the score that `keep` of the validation galaxies reach or exceed (the lowest such value)."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    unfitted = OODRule(method, 0.0, keep, 0.0, 0, gaussians)
+    scores = np.sort(unfitted.scores(valid_logits, valid_embeddings))
+    if not len(scores):
+        raise ValueError("fitting an OOD threshold needs validation galaxies")
+    threshold = float(scores[int(np.floor((1 - keep) * len(scores)))])
+    return OODRule(
+        method=method,
+        threshold=threshold,
+        keep=keep,
+        valid_pass_rate=float((scores >= threshold).mean()),
+        n_valid=len(scores),
+        gaussians=gaussians,
+    )
+
+
+def compare_methods(
+    galaxy_logits: np.ndarray,
+    ood_logits: np.ndarray,
+    galaxy_embeddings: np.ndarray | None = None,
+    ood_embeddings: np.ndarray | None = None,
+    gaussians: FeatureGaussians | None = None,
+) -> dict[str, float]:
+    """AUROC of each score, galaxies (positive) against non-galaxies (negative); mahalanobis when the
+    embeddings and Gaussians are given."""
+    aurocs = {m: auroc(galaxy_score(galaxy_logits, m), galaxy_score(ood_logits, m)) for m in LOGIT_METHODS}
+    if gaussians is not None and galaxy_embeddings is not None and ood_embeddings is not None:
+        aurocs["mahalanobis"] = auroc(gaussians.score(galaxy_embeddings), gaussians.score(ood_embeddings))
+    return aurocs
+
+
+def choose_method(
+    galaxy_logits: np.ndarray,
+    ood_logits: np.ndarray,
+    galaxy_embeddings: np.ndarray | None = None,
+    ood_embeddings: np.ndarray | None = None,
+    gaussians: FeatureGaussians | None = None,
+) -> tuple[str, dict[str, float]]:
+    """The score that separates galaxies from non-galaxies best (highest AUROC; on a tie the earlier of
+    METHODS), with every AUROC measured."""
+    aurocs = compare_methods(galaxy_logits, ood_logits, galaxy_embeddings, ood_embeddings, gaussians)
+    return max(aurocs, key=lambda m: (aurocs[m], -METHODS.index(m))), aurocs
