@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export", "export a checkpoint (or the best of a results dir) to verified ONNX"),
     "serve": ("serving.cli", "start the BentoML HTTP service for the exported models"),
     "loadtest": ("load_tests.sweep", "run a Locust load-test sweep against the service and write a report"),
+    "explain": ("training.explain", "attention maps of a checkpoint for galaxy images: overlay PNGs and raw .npy maps"),
     "classify": ("catalog.cli", "classify a catalogue or folders of cutouts into a sharded Parquet table"),
     "demo": ("app.demo", "the main job: synthesise, train, export, serve and classify sample images"),
 }

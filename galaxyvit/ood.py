@@ -121,6 +121,8 @@ class OODRule:
 
     def scores(self, logits: np.ndarray | None, embeddings: np.ndarray | None = None) -> np.ndarray:
         if self.method != "mahalanobis":
+            if logits is None:
+                raise ValueError(f"the {self.method} OOD score needs the logits")
             return galaxy_score(logits, self.method)
         if self.gaussians is None or embeddings is None:
             raise ValueError("the mahalanobis OOD score needs the fitted FeatureGaussians and the CLS embeddings")
