@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from serving.errors import ServiceError
+from serving.jpeg import decode_jpeg
 
 PIL_FORMATS = ("JPEG", "PNG", "TIFF", "GIF", "BMP", "WEBP")
 RAW_CONTENT_TYPES = {
@@ -63,6 +64,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ServiceError("empty_body", 400, "empty image: the upload has no bytes")
     if data[: len(FITS_MAGIC)] == FITS_MAGIC:
         return Image.fromarray(fits_to_rgb(data, max_pixels))
+    if (rgb := decode_jpeg(data, max_pixels)) is not None:  # serving/jpeg.py; None: Pillow decodes it below
+        return Image.fromarray(rgb)
     try:
         image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except Image.DecompressionBombError as exc:
