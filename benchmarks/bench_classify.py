@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -133,11 +134,8 @@ def bench_local(catalogue: Path, model_dir: Path, out: Path, batch_size: int, ro
         force=True, progress=False,
     )  # fmt: skip
     f = summary.facts
-    cpu = {
-        "main (ORT, rows, shards)": 1000 * f["main_cpu_s"] / rows,
-        "decode processes": 1000 * f["decode_cpu_s"] / rows,
-    }
-    detail = f"main waited {f['wait_decode_s']:.1f} s for decoding, {f['infer_s']:.1f} s in normalise+ORT, "
+    cpu = {"main (ORT, rows, shards)": 1000 * f["main_cpu_s"] / rows, "decode process": 1000 * f["decode_cpu_s"] / rows}
+    detail = f"main waited {f['wait_decode_s']:.1f} s for decoding, {f['infer_s']:.1f} s in ORT, "
     detail += f"{f['write_s']:.1f} s rows+shards, of {f['wall_s']:.1f} s; {f['decode_workers']} decode process(es); "
     steady = (rows - f["batch_size"]) / (f["wall_s"] - f["first_batch_s"])
     detail += f"start-up to the first batch {f['first_batch_s']:.1f} s, {steady:.1f} images/s after it"
@@ -145,15 +143,9 @@ def bench_local(catalogue: Path, model_dir: Path, out: Path, batch_size: int, ro
 
 
 def ray_role(command: str) -> str:
-    if "decode_stage" in command:
-        return "ray decode tasks"
-    if "Classifier" in command:
-        return "ray inference actor"
-    if "raylet" in command or "gcs_server" in command or "dashboard" in command or "log_monitor" in command:
-        return "ray services"
-    if "bench_classify" in command:
-        return "driver"
-    return "ray other workers"
+    roles = {"decode_stage": "ray decode tasks", "Classifier": "ray inference actor", "bench_classify": "driver"}
+    roles.update(dict.fromkeys(("raylet", "gcs_server", "dashboard", "log_monitor"), "ray services"))
+    return next((role for key, role in roles.items() if key in command), "ray other workers")
 
 
 def bench_ray(catalogue: Path, model_dir: Path, out: Path, batch_size: int, rows: int) -> dict:
@@ -173,11 +165,8 @@ def bench_ray(catalogue: Path, model_dir: Path, out: Path, batch_size: int, rows
     finally:
         ray.shutdown()
     detail = f"pipeline {summary.seconds:.1f} s of {wall:.1f} s (driver: planning, starting the actor, manifest)"
-    return {
-        "images_per_s": rows / summary.seconds,
-        "cpu_ms": {k: 1000 * v / rows for k, v in sorted(spent.items())},
-        "detail": detail,
-    }
+    cpu = {k: 1000 * v / rows for k, v in sorted(spent.items())}
+    return {"images_per_s": rows / summary.seconds, "cpu_ms": cpu, "detail": detail}
 
 
 def http_role(command: str) -> str:
@@ -268,37 +257,44 @@ def rss_check(work: Path) -> None:
         print(f"| {rows:,} | {time.perf_counter() - start:.0f} | {main_mib:.0f} | {tree_mib:.0f} |", flush=True)
 
 
-def local_vs_raw(catalogue: Path, model_dir: Path, files: list[Path], work: Path, batch_size: int, rows: int,
-                 repeats: int) -> dict:  # fmt: skip
-    """raw, local, raw `repeats` times (each invalid local run above 100% of its raw measured again, at most
-    twice); the median images/s and CPU ms of each engine, and the runs."""
-    runs = []
+def measured(engines: dict, raw, repeats: int) -> dict:
+    """raw, then each of `engines` (name -> a function measuring it), then raw again, `repeats` times; a run whose
+    local result is above its raw (> 100%: the load changed under it) is invalid and measured again (at most
+    twice). Each engine's median images/s, CPU ms and ratios to raw and to local over the runs."""
+    runs: list[dict] = []
     for repeat in range(repeats):
         for _attempt in range(3):
             load = os.getloadavg()[0]
-            before = bench_raw(model_dir, files, batch_size, rows)
-            local = bench_local(catalogue, model_dir, work / "out-local", batch_size, rows)
-            after = bench_raw(model_dir, files, batch_size, rows)
-            raw = (before["images_per_s"] + after["images_per_s"]) / 2
-            ratio = local["images_per_s"] / raw
-            line = f"  run {repeat + 1}: load {load:.1f}, raw {before['images_per_s']:.1f} and "
-            line += f"{after['images_per_s']:.1f}, local {local['images_per_s']:.1f} images/s: {ratio:.0%} of raw"
-            print(line + ("" if ratio <= 1 else " (invalid: above raw, measuring again)"), flush=True)
-            if ratio <= 1:
+            before = raw()
+            run = {name: measure() for name, measure in engines.items()}
+            after = raw()
+            run["raw"] = {
+                "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+                "cpu_ms": {k: (before["cpu_ms"][k] + after["cpu_ms"][k]) / 2 for k in before["cpu_ms"]},
+            }
+            for result in run.values():
+                result["vs_raw"] = result["images_per_s"] / run["raw"]["images_per_s"]
+                result["vs_local"] = result["images_per_s"] / run["local"]["images_per_s"]
+            line = (
+                f"  run {repeat + 1}: load {load:.1f}, raw {before['images_per_s']:.1f} and {after['images_per_s']:.1f}"
+            )
+            line += "".join(f", {k} {v['images_per_s']:.1f} ({v['vs_raw']:.0%})" for k, v in run.items() if k != "raw")
+            valid = run["local"]["vs_raw"] <= 1
+            print(line + (" images/s" if valid else ": invalid (local above raw), measuring again"), flush=True)
+            if valid:
                 break
-        raw_cpu = {k: (before["cpu_ms"][k] + after["cpu_ms"][k]) / 2 for k in before["cpu_ms"]}
-        runs.append(({"images_per_s": raw, "cpu_ms": raw_cpu}, local, ratio, load))
-
-    def median(engine: int, detail: str) -> dict:
-        speeds = [run[engine]["images_per_s"] for run in runs]
-        cpu = {k: statistics.median(run[engine]["cpu_ms"][k] for run in runs) for k in runs[0][engine]["cpu_ms"]}
-        return {"images_per_s": statistics.median(speeds), "cpu_ms": cpu, "detail": detail}
-
-    ratios = ", ".join(f"{run[2]:.0%} (load {run[3]:.1f})" for run in runs)
-    detail = f"median of {len(runs)} runs; local / raw per run: {ratios}, median "
-    detail += f"{statistics.median(run[2] for run in runs):.0%}; last run: {runs[-1][1]['detail']}"
-    return {"raw": median(0, f"median of {len(runs)} runs, each the mean of one before and one after local"),
-            "local": median(1, detail)}  # fmt: skip
+        runs.append({**run, "load": load})
+    results = {}
+    for name in ["raw", *engines]:
+        cpu = {k: statistics.median(r[name]["cpu_ms"][k] for r in runs) for k in runs[0][name]["cpu_ms"]}
+        results[name] = {
+            key: statistics.median(r[name][key] for r in runs) for key in ("images_per_s", "vs_raw", "vs_local")
+        }
+        results[name]["cpu_ms"] = cpu
+    loads = ", ".join(f"{r['load']:.1f}" for r in runs)
+    results["raw"]["detail"] = f"medians of {len(runs)} runs (1-minute load average before each: {loads})"
+    results["local"]["detail"] = runs[-1]["local"]["detail"] + " (last run)"
+    return results
 
 
 def main() -> int:
@@ -324,19 +320,20 @@ def main() -> int:
         model_dir = args.work / "models" / FAMILY[run]
         catalogue = write_catalogue(args.work, rows)
         files = sorted((args.work / "cutouts-424").glob("*.jpg"))
-        results = local_vs_raw(catalogue, model_dir, files, args.work, args.batch_size, rows, args.repeats)
-        if "ray" not in skip:
-            results["ray"] = bench_ray(catalogue, model_dir, args.work / "out-ray", args.batch_size, rows)
+        local = partial(bench_local, catalogue, model_dir, args.work / "out-local", args.batch_size, rows)
+        ray = partial(bench_ray, catalogue, model_dir, args.work / "out-ray", args.batch_size, rows)
+        engines = {"local": local} if "ray" in skip else {"local": local, "ray": ray}
+        results = measured(engines, partial(bench_raw, model_dir, files, args.batch_size, rows), args.repeats)
         if "http" not in skip:
             results["http"] = bench_http(home, FAMILY[run], files, rows)
-        raw = results["raw"]["images_per_s"]
-        local = results["local"]["images_per_s"]
+            for ratio, base in (("vs_raw", "raw"), ("vs_local", "local")):
+                results["http"][ratio] = results["http"]["images_per_s"] / results[base]["images_per_s"]
         print(f"\n{run}, {rows} images, batch size {args.batch_size}")
         print("| engine | images/s | vs raw | vs local | CPU ms per image, by process |\n|---|---|---|---|---|")
         for engine, result in results.items():
             speed = result["images_per_s"]
             cpu = ", ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms"].items())
-            print(f"| {engine} | {speed:.1f} | {speed / raw:.0%} | {speed / local:.0%} | {cpu} |")
+            print(f"| {engine} | {speed:.1f} | {result['vs_raw']:.0%} | {result['vs_local']:.0%} | {cpu} |")
         for engine, result in results.items():
             if "detail" in result:
                 print(f"- {engine}: {result['detail']}")
