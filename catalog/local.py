@@ -180,9 +180,15 @@ def run_local(
         submitted += 1
 
     try:
+        # the first batch is decoded here while the decode processes start (imports: most of a second)
+        first = next(work, None) if decode_workers > 0 else None
         for _ in range(window):
             submit()
         session = open_session()
+        if first is not None:
+            own = np.empty(shape, np.float32)
+            paths = first.column("path").to_pylist()
+            in_flight.appendleft((first, own, _Inline().submit(decode_into, paths, prep, max_pixels, own)))
         stats.provider = session.provider
         stats.threads = session.session.get_session_options().intra_op_num_threads
         batch: np.ndarray | None = None
@@ -197,7 +203,8 @@ def run_local(
                 if attached == decode_workers:
                     blocks.unlink()
             submit()
-            stats.decode_cpu[decoded.pid] = decoded.cpu_s
+            if decoded.pid != os.getpid():  # not the first batch, decoded here
+                stats.decode_cpu[decoded.pid] = decoded.cpu_s
             t0 = time.perf_counter()
             k = int(decoded.ok.sum())
             probs = np.zeros((0, len(info.class_names)), np.float32)
