@@ -26,8 +26,11 @@ JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG plugin accepts
 EXACT_COLORSPACES = ("YCbCr", "RGB", "Gray")
 
 
-def decode_jpeg(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """A JPEG's pixels as an (H, W, 3) uint8 RGB array, or None where Pillow must decode it (see above)."""
+def decode_jpeg(data: bytes, max_pixels: int, max_decoded_bytes: int | None = None) -> np.ndarray | None:
+    """A JPEG's pixels as an (H, W, 3) uint8 RGB array, or None where Pillow must decode it (see above).
+
+    `max_decoded_bytes`: decline a JPEG whose decoded planes (1 for grey, 3 for colour, 1 byte a sample) are
+    larger, so that the caller's size rules refuse it as they refuse any other image."""
     if simplejpeg is None or data[: len(JPEG_MAGIC)] != JPEG_MAGIC:
         return None
     try:
@@ -36,6 +39,8 @@ def decode_jpeg(data: bytes, max_pixels: int) -> np.ndarray | None:
         return None
     pixels = height * width
     if colorspace not in EXACT_COLORSPACES or not 0 < pixels <= max_pixels:
+        return None
+    if max_decoded_bytes is not None and pixels * (1 if colorspace == "Gray" else 3) > max_decoded_bytes:
         return None
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
         return None  # Pillow's own decompression-bomb rules apply

@@ -76,6 +76,10 @@ def test_fast_path_declines_what_pillow_must_decode():
     assert decode_jpeg(png.getvalue(), MAX_PIXELS) is None
     assert decode_jpeg(b"\xff\xd8\xff garbage", MAX_PIXELS) is None
     assert decode_jpeg(good, 96 * 96 - 1) is None  # over the pixel limit: Pillow's path refuses it
+    assert decode_jpeg(good, MAX_PIXELS, max_decoded_bytes=96 * 96 * 3 - 1) is None  # over a decoded-size limit
+    assert decode_jpeg(good, MAX_PIXELS, max_decoded_bytes=96 * 96 * 3) is not None
+    grey = jpeg_bytes(galaxy.convert("L"))
+    assert decode_jpeg(grey, MAX_PIXELS, max_decoded_bytes=96 * 96) is not None  # one plane
     with pytest.raises(ServiceError) as refused:
         decode_image(good, 96 * 96 - 1)
     assert refused.value.kind == "too_many_pixels"
