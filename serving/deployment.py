@@ -13,6 +13,7 @@ serving.service:GalaxyClassifier` calls it through serving/service.py. No torch 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
     `service.to_asgi()` runs the whole deployment in one process (the inference service as a local
     instance), which is how the route tests call it."""
     catalog = discover(config, home)
+    service_logger = logging.getLogger("galaxyvit.serving")
+    if service_logger.level == logging.NOTSET:  # BentoML's workers log WARNING and above unless told otherwise
+        service_logger.setLevel(logging.INFO)
     stop_workers_before_cleanup()
     bound_metric_labels()
     guard_api_server(ENTRY_SERVICE, ConnectionLimits.from_config(config), config.timeout_s)

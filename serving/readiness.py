@@ -21,13 +21,16 @@ MARKER = "galaxyvit-ready-{pid}"
 
 
 def sibling_workers(service_name: str) -> list[Any]:
-    """The other worker processes of `service_name` started by the same `bentoml serve` (psutil.Process)."""
+    """The other live worker processes of `service_name` started by the same `bentoml serve` (psutil.Process;
+    a killed worker its parent has not reaped yet is not one)."""
     import psutil
 
     workers = []
     for process in psutil.Process(os.getppid()).children():
         try:
             command = process.cmdline()
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
         except psutil.Error:
             continue
         if process.pid != os.getpid() and "--service-name" in command:

@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from galaxyvit.card import ModelCard
 from galaxyvit.preprocess import Preprocessing, eval_crop
 from serving.admission import client_disconnected
 from serving.auth import KEY_ID
@@ -86,6 +87,12 @@ def parse_label(value: Any, model: ServedModel) -> int:
 def decode_crop(data: bytes, prep: Preprocessing, config: ServingConfig) -> np.ndarray:
     """One upload -> its (size, size, 3) uint8 evaluation crop, within the decoding limits of `config`."""
     return eval_crop(decode_image(data, config.max_pixels, config.max_decoded_bytes, crop=prep.crop), prep)
+
+
+def card_fields(card: ModelCard, expose_details: bool) -> dict[str, Any]:
+    """What GET /models shows of a model card: all of it, or all but the training settings and confusion matrix."""
+    fields = card.to_dict()
+    return fields if expose_details else {k: v for k, v in fields.items() if k not in MODEL_DETAILS}
 
 
 class Handlers:
@@ -187,12 +194,11 @@ class Handlers:
     async def list_models(self, request: Request) -> Response:
         if self._providers is None:
             self._providers = await self.inference.describe()
-        models = []
-        for m in self.catalog.models.values():
-            card = m.card.to_dict()
-            if not self.config.expose_model_details:
-                card = {k: v for k, v in card.items() if k not in MODEL_DETAILS}
-            models.append({"name": m.name, "classes": m.classes, **card, **self._providers[m.name]})
+        expose = self.config.expose_model_details
+        models = [
+            {"name": m.name, "classes": m.classes, **card_fields(m.card, expose), **self._providers[m.name]}
+            for m in self.catalog.models.values()
+        ]
         return JSONResponse({"default": self.catalog.default, "models": models})
 
     async def feedback(self, request: Request) -> Response:
