@@ -95,15 +95,20 @@ async def slow_upload(
 
 
 async def send_raw(port: int, data: bytes, timeout: float) -> Answer:
-    """Send `data` as it is and wait for the answer or the close (at most `timeout` s)."""
+    """Send `data` as it is, 64 KiB at a time while listening, and wait for the answer or the close (at most
+    `timeout` s). A server that answers early (431) gets no more bytes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     start = time.monotonic()
+    answer = asyncio.ensure_future(read_answer(reader, timeout))
     try:
-        writer.write(data)
-        await writer.drain()
-        received = await read_answer(reader, timeout)
+        for offset in range(0, len(data), 65536):
+            if answer.done():
+                break
+            writer.write(data[offset : offset + 65536])
+            await writer.drain()
+        received = await answer
     except ConnectionError:
-        received = b""
+        received = await answer
     finally:
         writer.close()
     return parse_answer(received, time.monotonic() - start)
@@ -182,3 +187,15 @@ def peak_rss(pids: set[int]) -> int:
     """Sum of the processes' resident-memory high-water marks since `reset_peak_rss`, bytes (at least the
     peak of their total)."""
     return 1024 * sum(_status_kb(pid, "VmHWM") for pid in pids)
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of metric `name` in a /metrics text whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

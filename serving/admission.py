@@ -7,7 +7,8 @@ A request with a body (POST /classify, /classify/raw, /feedback) counts only onc
 the middleware receives it first, so slow uploaders cannot hold the slots. The upload must start
 within `body_timeout_s` and then average `min_upload_rate` bytes/s, else 408 `body_timeout`; all
 bodies still arriving share `upload_buffer_bytes` (beyond: 429). A client that hangs up mid-upload
-is counted as `client_disconnect` and logged in one INFO line, with no answer (nobody is listening).
+is counted as `client_disconnect` and logged in one INFO line; its answer, 499 (nginx's "client closed
+request"), goes nowhere, but ends the request for BentoML (whose timeout would otherwise hold it).
 
 Also here: /readyz from local facts (serving/readiness.py), and graceful shutdown: once the server
 drains (`TRAFFIC.draining`, set by serving/bentoml_patches.py `guard_api_server`), new requests get
@@ -21,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 
 from serving.config import ServingConfig
 from serving.errors import ServiceError, error_response
@@ -32,6 +33,7 @@ logger = logging.getLogger("galaxyvit.serving")
 # BentoML's and the service's own cheap endpoints, never refused (health checks must answer under load)
 BYPASS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/openapi.json"})
 FEEDBACK_BODY_BYTES = 64 * 1024
+CLIENT_CLOSED = 499  # the status of a request whose client hung up (never delivered)
 
 
 @dataclass
@@ -113,7 +115,8 @@ class AdmissionMiddleware:
             except ServiceError as exc:
                 return await error_response(exc, self.retry_after, close=True)(scope, receive, send)
             except ClientGone as gone:
-                return client_disconnected(scope["path"], str(gone))
+                client_disconnected(scope["path"], str(gone))
+                return await Response(status_code=CLIENT_CLOSED)(scope, receive, send)
             if self.inflight >= self.limit:
                 return await self.refuse(scope, receive, send)
             receive = replay(body, receive)
@@ -193,7 +196,7 @@ def replay(body: bytes, receive: Any) -> Any:
 
 
 def client_disconnected(path: str, detail: str) -> None:
-    """Count and log a client that hung up before its request was answered (no answer is sent)."""
+    """Count and log a client that hung up before its request was answered."""
     from serving.metrics import get_metrics
 
     get_metrics().errors.labels("client_disconnect").inc()

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from galaxyvit.card import ModelCard
 from galaxyvit.preprocess import Preprocessing, eval_crop
-from serving.admission import client_disconnected
+from serving.admission import CLIENT_CLOSED, client_disconnected
 from serving.auth import KEY_ID
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
@@ -281,7 +281,7 @@ def http_app(config: ServingConfig) -> Starlette:
                 return error_response(exc, config.retry_after_s)
             except ClientDisconnect:  # the body is read by serving/admission.py; this is for the app alone
                 client_disconnected(request.url.path, "while its body was read")
-                return Response(status_code=400)  # never delivered: nobody is listening
+                return Response(status_code=CLIENT_CLOSED)  # never delivered: nobody is listening
 
         return endpoint
 

@@ -143,7 +143,12 @@ def test_abandoned_uploads_are_counted_never_a_500(guarded, jpeg):
         if errors(guarded, "client_disconnect") - before >= 50:
             break
         time.sleep(0.2)
-    text = httpx.get(guarded.url + "/metrics", timeout=30).text
+    for _ in range(75):  # their requests end (BentoML's timeout would hold them 30 s had they sent no answer)
+        text = httpx.get(guarded.url + "/metrics", timeout=30).text
+        if metric(text, "bentoml_service_request_in_progress", endpoint="/classify/raw") == 0:
+            break
+        time.sleep(0.2)
+    assert metric(text, "bentoml_service_request_in_progress", endpoint="/classify/raw") == 0
     assert metric(text, "galaxyvit_errors_total", kind="client_disconnect") - before == 50
     five_hundreds = [  # answers >= 500 BentoML counted (/readyz was 503 until the server had warmed up)
         line
