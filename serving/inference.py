@@ -24,6 +24,7 @@ from serving.catalog import Catalog
 from serving.config import ServingConfig
 from serving.errors import ServiceError
 from serving.metrics import get_metrics
+from serving.readiness import mark_ready
 
 if TYPE_CHECKING:
     from serving.runtime import LoadedModel
@@ -97,6 +98,7 @@ def inference_service(config: ServingConfig, catalog: Catalog) -> bentoml.Servic
         def __init__(self) -> None:
             self.inference = Inference(catalog, config)
             hold_sigterm_while_api_workers_run(ENTRY_SERVICE, config.timeout_s)
+            mark_ready()  # the API workers' /readyz looks for it (serving/readiness.py)
 
         @bentoml.api(batchable=True, max_batch_size=config.max_batch_size, max_latency_ms=config.max_latency_ms)
         def infer(self, items: list[dict[str, Any]]) -> list[Any]:

@@ -93,7 +93,7 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_errors(400, 404, 413, 415, 429, 503),
+                        **_errors(400, 401, 404, 408, 413, 415, 429, 503),
                     },
                 }
             },
@@ -110,7 +110,7 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                             "description": "the prediction",
                             "content": {"application/json": {"schema": prediction}},
                         },
-                        **_errors(400, 404, 413, 415, 429, 503),
+                        **_errors(400, 401, 404, 408, 413, 415, 429, 503),
                     },
                 }
             },
@@ -154,7 +154,7 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                             "description": "recorded",
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         },
-                        **_errors(400, 404, 409, 413, 429),
+                        **_errors(400, 401, 403, 404, 408, 409, 413, 415, 429),
                     },
                 }
             },

@@ -13,6 +13,7 @@ Errors are ServiceErrors, answered as {"error": message, "kind": kind, "status":
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -22,21 +23,26 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from galaxyvit.preprocess import eval_crop
+from galaxyvit.card import ModelCard
+from galaxyvit.preprocess import Preprocessing, eval_crop
+from serving.admission import CLIENT_CLOSED, client_disconnected
+from serving.auth import KEY_ID
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
 from serving.decode import check_content_type, decode_image
+from serving.decode_pool import DecodePool
 from serving.errors import ServiceError, error_response, starlette_error
 from serving.inference import InferenceClient
 from serving.metrics import get_metrics
 from serving.openapi import build_openapi
-from serving.store import FeedbackExists, PredictionStore, UnknownRequest
+from serving.store import FeedbackExists, OtherOwner, PredictionStore, UnknownRequest
 
 FEEDBACK_SHAPE = '{"request_id": "...", "label": class index or class name}'
+MODEL_DETAILS = ("run_config", "confusion_matrix")  # card fields GET /models shows only with expose_model_details
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -78,6 +84,17 @@ def parse_label(value: Any, model: ServedModel) -> int:
     return index
 
 
+def decode_crop(data: bytes, prep: Preprocessing, config: ServingConfig) -> np.ndarray:
+    """One upload -> its (size, size, 3) uint8 evaluation crop, within the decoding limits of `config`."""
+    return eval_crop(decode_image(data, config.max_pixels, config.max_decoded_bytes, crop=prep.crop), prep)
+
+
+def card_fields(card: ModelCard, expose_details: bool) -> dict[str, Any]:
+    """What GET /models shows of a model card: all of it, or all but the training settings and confusion matrix."""
+    fields = card.to_dict()
+    return fields if expose_details else {k: v for k, v in fields.items() if k not in MODEL_DETAILS}
+
+
 class Handlers:
     """What the routes do, for one API worker: decoding, limits, the evaluation crop, the prediction store."""
 
@@ -89,14 +106,16 @@ class Handlers:
         self.store = store
         self.inference = inference
         self.metrics = get_metrics()
+        self.decoder = DecodePool(config.decode_threads)
         self._providers: dict[str, Any] | None = None
 
-    async def predict(self, model: ServedModel, blobs: list[bytes]) -> list[dict[str, Any]]:
-        """Decode, crop, batch through the inference service, record and format one result per image."""
-        prep = model.card.prep
-        max_pixels = self.config.max_pixels
-        # decoding is CPU work: a thread keeps the event loop (health checks, other requests) responsive
-        crops = await asyncio.to_thread(lambda: [eval_crop(decode_image(b, max_pixels), prep) for b in blobs])
+    async def predict(self, model: ServedModel, blobs: list[bytes], owner: str | None = None) -> list[dict[str, Any]]:
+        """Decode, crop, batch through the inference service, record (for API key `owner`) and format one
+        result per image."""
+        prep, config = model.card.prep, self.config
+        # decoding is CPU work: threads keep the event loop (health checks, other requests) responsive, and
+        # a fixed number of them bounds the memory of concurrent decoding
+        crops = await self.decoder.map([functools.partial(decode_crop, b, prep, config) for b in blobs])
         probs = await self.inference.infer([{"model": model.name, "x": x, "t": time.time()} for x in crops])
         classes = model.classes
         results, rows = [], []
@@ -116,7 +135,7 @@ class Handlers:
                     "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
                 }
             )
-        await asyncio.to_thread(self.store.add, rows)
+        await asyncio.to_thread(self.store.add, rows, owner)
         return results
 
     async def classify(self, request: Request) -> Response:
@@ -162,20 +181,22 @@ class Handlers:
             blobs = [await f.read() for f in files if not isinstance(f, str)]
         finally:
             await form.close()
-        return JSONResponse({"model": model.name, "predictions": await self.predict(model, blobs)})
+        predictions = await self.predict(model, blobs, request.scope.get(KEY_ID))
+        return JSONResponse({"model": model.name, "predictions": predictions})
 
     async def classify_raw(self, request: Request) -> Response:
         check_content_type(request.headers.get("content-type"))
         model = self.catalog.get(request.query_params.get("model"))
         body = await read_body(request, self.config.max_upload_bytes)
-        (result,) = await self.predict(model, [body])
+        (result,) = await self.predict(model, [body], request.scope.get(KEY_ID))
         return JSONResponse(result)
 
     async def list_models(self, request: Request) -> Response:
         if self._providers is None:
             self._providers = await self.inference.describe()
+        expose = self.config.expose_model_details
         models = [
-            {"name": m.name, "classes": m.classes, **m.card.to_dict(), **self._providers[m.name]}
+            {"name": m.name, "classes": m.classes, **card_fields(m.card, expose), **self._providers[m.name]}
             for m in self.catalog.models.values()
         ]
         return JSONResponse({"default": self.catalog.default, "models": models})
@@ -188,16 +209,16 @@ class Handlers:
             raise ServiceError("bad_json", 400, f"feedback must be JSON: {FEEDBACK_SHAPE}") from None
         if not isinstance(data, dict) or not isinstance(data.get("request_id"), str) or "label" not in data:
             raise ServiceError("bad_json", 400, f"feedback must be {FEEDBACK_SHAPE}")
-        request_id, label = data["request_id"], data["label"]
+        request_id, label, owner = data["request_id"], data["label"], request.scope.get(KEY_ID)
         if all(label_index(label, m.classes) is None for m in self.catalog.models.values()):
             # refused before the store is asked which model made the prediction
             raise ServiceError(
                 "bad_label", 400, f"label must be a class index or a class name of the predicting model, not {label!r}"
             )
         try:
-            model = self.catalog.get(await asyncio.to_thread(self.store.model_of, request_id))
+            model = self.catalog.get(await asyncio.to_thread(self.store.model_of, request_id, owner))
             true_label = parse_label(label, model)
-            _, predicted, correct = await asyncio.to_thread(self.store.feedback, request_id, true_label)
+            _, predicted, correct = await asyncio.to_thread(self.store.feedback, request_id, true_label, owner)
         except UnknownRequest:
             raise ServiceError(
                 "unknown_request_id",
@@ -205,6 +226,8 @@ class Handlers:
                 f"unknown request_id {request_id!r} (never issued, or older than the last "
                 f"{self.config.store_size} predictions)",
             ) from None
+        except OtherOwner:
+            raise ServiceError("forbidden", 403, f"request_id {request_id!r} was issued to another API key") from None
         except FeedbackExists:
             raise ServiceError(
                 "duplicate_feedback", 409, f"feedback for request_id {request_id!r} was already recorded"
@@ -256,6 +279,9 @@ def http_app(config: ServingConfig) -> Starlette:
                 return await handler(handlers, request)
             except ServiceError as exc:
                 return error_response(exc, config.retry_after_s)
+            except ClientDisconnect:  # the body is read by serving/admission.py; this is for the app alone
+                client_disconnected(request.url.path, "while its body was read")
+                return Response(status_code=CLIENT_CLOSED)  # never delivered: nobody is listening
 
         return endpoint
 
