@@ -3,7 +3,7 @@
 The rest are answered at once with 429 `overloaded` + Retry-After, so that a burst far beyond
 capacity is shed in milliseconds instead of queueing until every client times out.
 
-A request with a body (POST /classify, /classify/raw, /feedback) counts only once its body is in:
+A request with a body (POST /classify, /classify/raw, /explain, /feedback) counts only once its body is in:
 the middleware receives it first, so slow uploaders cannot hold the slots. The upload must start
 within `body_timeout_s` and then average `min_upload_rate` bytes/s, else 408 `body_timeout`; all
 bodies still arriving share `upload_buffer_bytes` (beyond: 429). A client that hangs up mid-upload
@@ -68,7 +68,7 @@ class UploadLimits:
         return FEEDBACK_BODY_BYTES if path == "/feedback" else self.max_upload_bytes
 
 
-BODY_PATHS = frozenset({"/classify", "/classify/raw", "/feedback"})
+BODY_PATHS = frozenset({"/classify", "/classify/raw", "/explain", "/feedback"})
 
 
 class AdmissionMiddleware:

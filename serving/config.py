@@ -49,6 +49,13 @@ class ServingConfig:
             "Turn on for an inference-only box"
         },
     )
+    calibrate: bool = field(
+        default=True,
+        metadata={
+            "help": "apply the model card's fitted temperature to the probabilities (answers say `calibrated: "
+            "true`); off, or for a model exported without validation images, they are the plain softmax"
+        },
+    )
     max_batch_size: int = field(
         default=32, metadata={"help": "adaptive batching: most images per ONNX Runtime call (at least 2)"}
     )
@@ -65,7 +72,13 @@ class ServingConfig:
     max_pixels: int = field(
         default=4096 * 4096, metadata={"help": "pixels per image, checked before decoding (decompression bombs)"}
     )
-    max_images: int = field(default=16, metadata={"help": "images per /classify request; at most `max_batch_size`"})
+    max_images: int = field(
+        default=16,
+        metadata={
+            "help": "images per /classify request, at most `max_batch_size`; with tta=8 each image counts as its "
+            "8 views, so a request may carry `max_images` // 8 images"
+        },
+    )
     max_concurrency: int = field(
         default=64, metadata={"help": "in-flight requests per API worker before 429 + Retry-After"}
     )

@@ -1,7 +1,8 @@
 """The HTTP routes (a Starlette app, mounted on the BentoML front end service).
 
-  POST /classify       multipart form: one or more `images` file fields, optional `model` field
-  POST /classify/raw   body = the image bytes, Content-Type image/jpeg|png|tiff|fits; ?model=NAME
+  POST /classify       multipart form: one or more `images` file fields, optional `model` and `tta` fields
+  POST /classify/raw   body = the image bytes, Content-Type image/jpeg|png|tiff|fits; ?model=NAME&tta=1|8
+  POST /explain        body as /classify/raw; ?model=NAME&format=json|png: the prediction and attention map
   GET  /models         the served models' cards and classes, the active ONNX Runtime provider, the default model
   POST /feedback       {"request_id": "...", "label": index or class name of the model that predicted}
   GET  /openapi.json   OpenAPI document of these endpoints
@@ -28,38 +29,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from galaxyvit.card import ModelCard
-from galaxyvit.preprocess import Preprocessing, eval_crop
 from serving.admission import CLIENT_CLOSED, client_disconnected
 from serving.auth import KEY_ID
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
-from serving.decode import check_content_type, decode_image
+from serving.decode import check_content_type
 from serving.decode_pool import DecodePool
 from serving.errors import ServiceError, error_response, starlette_error
+from serving.explain import has_explain
 from serving.inference import InferenceClient
 from serving.metrics import get_metrics
 from serving.openapi import build_openapi
+from serving.overlay import overlay_png
+from serving.scoring import combine_views, view_crops
 from serving.store import FeedbackExists, OtherOwner, PredictionStore, UnknownRequest
+from serving.uploads import check_image_count, decode_crop, parse_format, parse_tta, read_body
 
 FEEDBACK_SHAPE = '{"request_id": "...", "label": class index or class name}'
 MODEL_DETAILS = ("run_config", "confusion_matrix")  # card fields GET /models shows only with expose_model_details
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise ServiceError("bad_request", 400, f"bad Content-Length {declared!r}")
-        if int(declared) > limit:
-            raise ServiceError("too_large", 413, f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError("too_large", 413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def label_index(value: Any, classes: list[str]) -> int | None:
@@ -84,11 +71,6 @@ def parse_label(value: Any, model: ServedModel) -> int:
     return index
 
 
-def decode_crop(data: bytes, prep: Preprocessing, config: ServingConfig) -> np.ndarray:
-    """One upload -> its (size, size, 3) uint8 evaluation crop, within the decoding limits of `config`."""
-    return eval_crop(decode_image(data, config.max_pixels, config.max_decoded_bytes, crop=prep.crop), prep)
-
-
 def card_fields(card: ModelCard, expose_details: bool) -> dict[str, Any]:
     """What GET /models shows of a model card: all of it, or all but the training settings and confusion matrix."""
     fields = card.to_dict()
@@ -109,32 +91,48 @@ class Handlers:
         self.decoder = DecodePool(config.decode_threads)
         self._providers: dict[str, Any] | None = None
 
-    async def predict(self, model: ServedModel, blobs: list[bytes], owner: str | None = None) -> list[dict[str, Any]]:
-        """Decode, crop, batch through the inference service, record (for API key `owner`) and format one
-        result per image."""
+    async def crops(self, model: ServedModel, blobs: list[bytes]) -> list[np.ndarray]:
+        """Decode and crop the uploads: CPU work in threads, which keeps the event loop (health checks, other
+        requests) responsive, and a fixed number of them bounds the memory of concurrent decoding."""
         prep, config = model.card.prep, self.config
-        # decoding is CPU work: threads keep the event loop (health checks, other requests) responsive, and
-        # a fixed number of them bounds the memory of concurrent decoding
-        crops = await self.decoder.map([functools.partial(decode_crop, b, prep, config) for b in blobs])
-        probs = await self.inference.infer([{"model": model.name, "x": x, "t": time.time()} for x in crops])
+        return await self.decoder.map([functools.partial(decode_crop, b, prep, config) for b in blobs])
+
+    async def predict(
+        self, model: ServedModel, blobs: list[bytes], owner: str | None = None, tta: int = 1
+    ) -> list[dict[str, Any]]:
+        """Decode, crop, batch (each image, or its 8 views) through the inference service, record (for API
+        key `owner`) and format one result per image."""
+        crops = view_crops(await self.crops(model, blobs), tta)
+        answers = await self.inference.infer([{"model": model.name, "x": x, "t": time.time()} for x in crops])
+        return await self.record(model, combine_views(answers, tta), owner, tta)
+
+    async def record(
+        self, model: ServedModel, answers: list[dict[str, Any]], owner: str | None, tta: int = 1
+    ) -> list[dict[str, Any]]:
+        """Store and format scored answers (serving/scoring.py): one result per image."""
         classes = model.classes
         results, rows = [], []
-        for p in probs:
-            p = np.asarray(p, np.float64)
+        for answer in answers:
+            p = np.asarray(answer["p"], np.float64)
             label = int(np.argmax(p))
             request_id = uuid.uuid4().hex
             rows.append((request_id, model.name, label))
             self.metrics.predictions.labels(model.name, classes[label]).inc()
-            results.append(
-                {
-                    "request_id": request_id,
-                    "model": model.name,
-                    "model_version": model.card.version,
-                    "label": label,
-                    "class_name": classes[label],
-                    "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
-                }
-            )
+            result = {
+                "request_id": request_id,
+                "model": model.name,
+                "model_version": model.card.version,
+                "label": label,
+                "class_name": classes[label],
+                "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+                "calibrated": bool(answer["calibrated"]),
+                "ood_score": answer["ood_score"],
+                "in_distribution": answer["in_distribution"],
+                "tta": tta,
+            }
+            if "spread" in answer:
+                result["spread"] = answer["spread"]
+            results.append(result)
         await asyncio.to_thread(self.store.add, rows, owner)
         return results
 
@@ -168,28 +166,48 @@ class Handlers:
                 raise ServiceError("bad_multipart", 400, "`images` fields must be files, not text")
             if not files:
                 raise ServiceError("no_images", 400, "no `images` file in the form")
-            if len(files) > self.config.max_images:
-                raise ServiceError(
-                    "too_many_images",
-                    413,
-                    f"{len(files)} images in one request exceed the limit of {self.config.max_images}",
-                )
-            requested = form.get("model")
-            if requested is not None and not isinstance(requested, str):
-                raise ServiceError("bad_multipart", 400, "`model` must be a text field")
+            requested, tta_field = form.get("model"), form.get("tta")
+            if not isinstance(requested, str | None) or not isinstance(tta_field, str | None):
+                raise ServiceError("bad_multipart", 400, "`model` and `tta` must be text fields")
+            tta = parse_tta(tta_field)
+            check_image_count(len(files), tta, self.config)
             model = self.catalog.get(requested)
             blobs = [await f.read() for f in files if not isinstance(f, str)]
         finally:
             await form.close()
-        predictions = await self.predict(model, blobs, request.scope.get(KEY_ID))
+        predictions = await self.predict(model, blobs, request.scope.get(KEY_ID), tta)
         return JSONResponse({"model": model.name, "predictions": predictions})
 
     async def classify_raw(self, request: Request) -> Response:
         check_content_type(request.headers.get("content-type"))
         model = self.catalog.get(request.query_params.get("model"))
+        tta = parse_tta(request.query_params.get("tta"))
+        check_image_count(1, tta, self.config)
         body = await read_body(request, self.config.max_upload_bytes)
-        (result,) = await self.predict(model, [body], request.scope.get(KEY_ID))
+        (result,) = await self.predict(model, [body], request.scope.get(KEY_ID), tta)
         return JSONResponse(result)
+
+    async def explain(self, request: Request) -> Response:
+        """One image as /classify/raw; its prediction from the explain variant with the g x g map as JSON, or
+        with ?format=png the crop the model sees with the map overlaid."""
+        check_content_type(request.headers.get("content-type"))
+        model = self.catalog.get(request.query_params.get("model"))
+        image_format = parse_format(request.query_params.get("format"))
+        if not has_explain(model.card):
+            raise ServiceError(
+                "no_explain", 404, f"model {model.name!r} was exported without the explain variant (--no-explain)"
+            )
+        body = await read_body(request, self.config.max_upload_bytes)
+        (crop,) = await self.crops(model, [body])
+        (answer,) = await self.inference.infer([{"model": model.name, "x": crop, "t": time.time(), "explain": True}])
+        (result,) = await self.record(model, [answer], request.scope.get(KEY_ID))
+        method = model.card.explain["map_method"] if model.card.explain else "rollout"
+        rollout = np.asarray(answer["rollout"], np.float32)
+        if image_format == "png":
+            png = await asyncio.to_thread(overlay_png, crop, rollout, method != "rollout")
+            headers = {"X-Request-Id": result["request_id"], "X-Class-Name": result["class_name"]}
+            return Response(png, media_type="image/png", headers=headers)
+        return JSONResponse({**result, "map_method": method, "grid": len(rollout), "rollout": rollout.tolist()})
 
     async def list_models(self, request: Request) -> Response:
         if self._providers is None:
@@ -290,6 +308,7 @@ def http_app(config: ServingConfig) -> Starlette:
         routes=[
             Route("/classify", route(Handlers.classify), methods=["POST"]),
             Route("/classify/raw", route(Handlers.classify_raw), methods=["POST"]),
+            Route("/explain", route(Handlers.explain), methods=["POST"]),
             Route("/models", route(Handlers.list_models), methods=["GET"]),
             Route("/feedback", route(Handlers.feedback), methods=["POST"]),
             Route("/openapi.json", route(Handlers.openapi), methods=["GET"]),
