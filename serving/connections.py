@@ -26,6 +26,7 @@ from serving.config import ServingConfig
 
 logger = logging.getLogger("galaxyvit.serving")
 
+LINGER_S = 5.0  # how long a connection answered early (431) drops further bytes before it is closed
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 FD_RESERVE = 100  # file descriptors left for everything else of a worker (sqlite, sockets to inference, logs)
 
@@ -76,6 +77,7 @@ def guarded_protocol(base: type, limits: ConnectionLimits) -> type:
             self.header_bytes = 0
             self.headers_done = 0  # requests whose headers were complete, on this connection
             self.header_timer: Any = None
+            self.lingering = False  # answered early: what still arrives is dropped until the close
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -117,7 +119,19 @@ def guarded_protocol(base: type, limits: ConnectionLimits) -> type:
                 self.transport.write(raw_error(408, "header_timeout", message))
             self.transport.close()
 
+        def linger(self) -> None:
+            """Close after an early answer without losing it: closing a socket that holds unread bytes makes
+            the kernel reset the connection, and the client then never reads the answer. So send the answer
+            and a FIN, drop what the client still sends, and close after LINGER_S at the latest."""
+            self.lingering = True
+            self.stop_header_timer()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
         def data_received(self, data: bytes) -> None:
+            if self.lingering:
+                return
             if not self.awaiting_headers:
                 return super().data_received(data)
             if self.header_timer is None:  # the first bytes of a request on a kept-alive connection
@@ -136,7 +150,7 @@ def guarded_protocol(base: type, limits: ConnectionLimits) -> type:
                 _count_error("header_too_large")
                 message = f"request line and headers exceed {limits.max_header_bytes} bytes"
                 self.transport.write(raw_error(431, "header_too_large", message))
-                self.transport.close()
+                self.linger()
                 return
             super().data_received(data[room:])
 
