@@ -149,7 +149,7 @@ class DeviceAugmentDataset(torch.utils.data.Dataset):
             crop = np.array(self.split.crops()[index])
         else:
             image = self.reader.load(index)
-            crop = None if image is None else np.asarray(center_crop(image, self.prep.crop))
+            crop = None if image is None else np.array(center_crop(image, self.prep.crop))
         params = sample_params(self.seed, self.epoch, [index], self.prep.crop)[0]
         return None if crop is None else torch.from_numpy(crop), self.split.labels[index], index, params
 
