@@ -156,3 +156,25 @@ def test_damaged_incomplete_or_stale_data_are_clear_errors(tiny, tmp_path, capsy
     with pytest.raises(PreparedError, match=rf"1 unreadable or truncated images in split 'train' .*{train_ids[5]}"):
         prepare(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))  # nothing half-written
+
+
+def test_auto_uses_only_a_preparation_of_the_same_data(tiny, tiny_prepared, tmp_path, capsys):
+    """`--prepared auto` takes <dataset>/prepared-224 only when it was made from the split files, kind and images
+    the options name; `galaxyvit prepare` takes the data options of train (here --split-pattern)."""
+    for name in ("train", "valid", "test"):
+        shutil.copy(tiny / f"gz2_{name}.csv", tiny / f"other_{name}.csv")
+    try:
+        assert (
+            find_prepared(DataConfig(kind="gz2", dataset=str(tiny), split_pattern="gz2_{split}.csv")) == tiny_prepared
+        )
+        assert find_prepared(DataConfig(kind="gz2", dataset=str(tiny), split_pattern="other_{split}.csv")) is None
+        assert find_prepared(DataConfig(kind="folder", dataset=str(tiny))) is None
+        assert find_prepared(DataConfig(kind="gz2", dataset=str(tiny), images=str(tiny / "images"))) is None
+        args = ["prepare", "--data", "gz2", "--dataset", str(tiny), "--split-pattern", "other_{split}.csv"]
+        assert cli_main([*args, "--out", str(tmp_path / "other"), "--no-progress"]) == 0
+        assert "prepared 24/8/8 train/valid/test images" in capsys.readouterr().out
+        other = prepared_data(tmp_path / "other")
+        assert other.splits["test"].csv_path == (tiny / "other_test.csv").resolve()
+    finally:
+        for name in ("train", "valid", "test"):
+            (tiny / f"other_{name}.csv").unlink()

@@ -82,8 +82,7 @@ def normalize_images(images: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     rounded, so the same bits (tested for every value), at a third of its cost on a batch.
     """
     out = np.empty((images.shape[0], 3, *images.shape[1:3]), np.float32)
-    out[...] = np.moveaxis(images, -1, 1)
-    out /= np.float32(255.0)
+    np.divide(np.moveaxis(images, -1, 1), np.float32(255.0), out=out)  # uint8 -> float32 is exact
     out -= np.asarray(prep.mean, np.float32)[:, None, None]
     out /= np.asarray(prep.std, np.float32)[:, None, None]
     return torch.from_numpy(out)
