@@ -3,9 +3,9 @@ augmentation run on the CPU.
 
 Each configuration is one `python -m training.train RUN --epochs 1` child process, with the threads and
 loader workers the trainer picks for the device (on CPU: all cores for torch, one loader worker sharing
-them), timed --repeats times, interleaved. images/s = training images / seconds of the training epoch as
-history.csv records them (loader start-up included, validation and test excluded); the median is printed
-with the load average. Configurations:
+them), timed --repeats times, interleaved (each repeat starts with the next configuration). images/s =
+training images / seconds of the training epoch as history.csv records them (loader start-up included,
+validation and test excluded); the median is printed with the load average. Configurations:
   jpeg                  --prepared off --augment-device cpu: decode every JPEG, Pillow augmentation per image
   prepared              the prepared crops (galaxyvit prepare, done first), Pillow augmentation per image
   prepared + batch-cpu  the prepared crops, the per-batch augmentation (training/gpu_augment.py) on the CPU
@@ -83,8 +83,10 @@ def main() -> int:
     results: dict[str, list[dict]] = {name: [] for name in configs}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
+        names = list(configs)
         for repeat in range(args.repeats):
-            for name, (code, options) in configs.items():
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # a new order each repeat
+                code, options = configs[name]
                 out = Path(tmp) / f"{name.replace(' ', '_')}-{repeat}"
                 results[name].append(train_once(args.run, options, out, code, args.device))
                 loads.append(os.getloadavg()[0])
