@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from galaxyvit.preprocess import Preprocessing
 from training.checkpoint import CheckpointError, model_from_checkpoint
-from training.data import Data, DataConfig, DataError, Split
+from training.data import Data, DataConfig, DataError, Split, add_data_arguments, data_config
 from training.loader import make_loader
 from training.metrics import RunMetrics, plot_confusion, summarize, write_predictions
 from training.prepared import dataset_for, load_training_data
@@ -176,44 +176,6 @@ def report_split(
         if comparison is not None:
             print(f"compared with the study's ViT-Base galaxy by galaxy: {comparison}", file=sys.stderr)
     return metrics
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument(
-        "--data", choices=("synthetic", "gz2", "folder"), default="synthetic", help="dataset kind (default: synthetic)"
-    )
-    g.add_argument("--dataset", help="dataset folder (split CSVs + images/); for synthetic: where to cache it")
-    g.add_argument("--images", help="gz2: folder with <galaxyID>.jpg (the study's packaged split files are used)")
-    g.add_argument("--splits", help="gz2: folder with other split files than the study's packaged ones")
-    g.add_argument(
-        "--split-pattern",
-        help="gz2/folder: split file names, {split} = train, valid, test (default: gz2_{split}.csv, else {split}.csv)",
-    )
-    g.add_argument("--classes", help="folder: class names file (JSON list or TOML classes = [...])")
-    g.add_argument("--limit", type=int, help="use at most N images of each split")
-    g.add_argument(
-        "--prepared",
-        default="auto",
-        help="prepared crops (galaxyvit prepare): auto (the default folder when current), off, or a folder",
-    )
-    g.add_argument("--synth-n", type=int, default=3000, help="synthetic: number of images (default 3000)")
-    g.add_argument("--synth-seed", type=int, default=0, help="synthetic: generator seed (default 0)")
-
-
-def data_config(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(
-        kind=args.data,
-        dataset=args.dataset,
-        splits=args.splits,
-        images=args.images,
-        classes=args.classes,
-        split_pattern=args.split_pattern,
-        limit=args.limit,
-        prepared=args.prepared,
-        synth_n=args.synth_n,
-        synth_seed=args.synth_seed,
-    )
 
 
 def evaluate_checkpoint(
