@@ -4,9 +4,11 @@
      train a small run on them (`galaxyvit train`), export it to verified ONNX (`galaxyvit export`);
   2. start the service on a free port of 127.0.0.1 (as `galaxyvit serve` does) and wait until /readyz answers;
   3. classify the three real GZ2 cutouts of data/gz2_real_samples and a synthetic
-     galaxy over HTTP, and print the answers next to the known classes;
-  4. classify the synthetic test split as a catalogue into a Parquet table (`galaxyvit classify`);
-  5. stop the service (unless --keep-serving).
+     galaxy over HTTP, averaged over their 8 rotated/flipped views (tta=8), and print the calibrated
+     answers with their spread and not-a-galaxy flag next to the known classes;
+  4. write the attention map of each real cutout (POST /explain?format=png) and print the paths;
+  5. classify the synthetic test split as a catalogue into a Parquet table (`galaxyvit classify`);
+  6. stop the service (unless --keep-serving).
 
 Every step is an ordinary `galaxyvit` command, printed before it runs, so it can be repeated by hand.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES, REAL_SAMPLE_LABELS
 from galaxyvit.store import is_registered, tag
-from serving.client import classify
+from serving.client import classify, explain_png
 from serving.process import ServerNotReady, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +65,20 @@ def sample_images(dataset: Path) -> list[tuple[Path, int]]:
     return samples
 
 
+def print_predictions(samples: list[tuple[Path, int]], predictions: list[dict]) -> None:
+    """One line per image: known and predicted class, the mean probability over the 8 views with its spread
+    (std across views), whether it is calibrated, and the not-a-galaxy flag (galaxy? yes/no; - without a rule)."""
+    print(f"{'image':<34} {'known class':<24} {'predicted':<24} {'p':>5} {'spread':>7} {'galaxy?':>7}")
+    for (path, label), pred in zip(samples, predictions, strict=True):
+        p = max(pred["probabilities"].values())
+        source = "real GZ2 " if path.parent == REAL_SAMPLE_IMAGES else "synthetic "
+        flag = {True: "yes", False: "no", None: "-"}[pred["in_distribution"]]
+        print(f"{source + path.name:<34} {CLASS_NAMES[label]:<24} {pred['class_name']:<24} {p:5.2f} "
+              f"±{pred['spread']:5.3f} {flag:>7}")  # fmt: skip
+    calibrated = all(pred["calibrated"] for pred in predictions)
+    print(f"p: {'calibrated' if calibrated else 'uncalibrated'} probability, mean of 8 rotated/flipped views")
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     dataset, out = (ROOT / args.dataset).resolve(), (ROOT / args.out).resolve()
@@ -77,10 +93,11 @@ def main(args: argparse.Namespace) -> int:
         if not (dataset / "gz2_test.csv").is_file():
             galaxyvit("synth", "--n", str(args.n), "--out", str(dataset))
 
-    server = ServerProcess(
-        {"models": args.name}, port=args.port, log=out / "serve.log", ready_timeout=args.ready_timeout
-    )
-    print(f"\n$ galaxyvit serve --port {server.port} --models {args.name}   (log: {server.log})", flush=True)
+    # 4 images x 8 views in one request: max_images counts views (at most max_batch_size, 32 by default)
+    settings = {"models": args.name, "max_images": 32}
+    server = ServerProcess(settings, port=args.port, log=out / "serve.log", ready_timeout=args.ready_timeout)
+    command = f"GALAXYVIT_MAX_IMAGES=32 galaxyvit serve --port {server.port} --models {args.name}"
+    print(f"\n$ {command}   (log: {server.log})", flush=True)
     keep = False
     try:
         try:
@@ -88,13 +105,16 @@ def main(args: argparse.Namespace) -> int:
         except ServerNotReady as exc:
             raise SystemExit(f"demo: {exc}") from None
         samples = sample_images(dataset)
-        predictions = classify(server.url, [path for path, _ in samples], args.name)
-        print(f"\nPredictions of {tag(args.name)} over HTTP ({server.url}/classify):")
-        print(f"{'image':<34} {'known class':<24} {'predicted':<24} {'p':>5}")
-        for (path, label), pred in zip(samples, predictions, strict=True):
-            p = max(pred["probabilities"].values())
-            source = "real GZ2 " if path.parent == REAL_SAMPLE_IMAGES else "synthetic "
-            print(f"{source + path.name:<34} {CLASS_NAMES[label]:<24} {pred['class_name']:<24} {p:5.2f}")
+        predictions = classify(server.url, [path for path, _ in samples], args.name, tta=8)
+        print(f"\nPredictions of {tag(args.name)} over HTTP ({server.url}/classify, tta=8):")
+        print_predictions(samples, predictions)
+        maps = out / "attention"
+        maps.mkdir(parents=True, exist_ok=True)
+        print(f"\nAttention maps ({server.url}/explain?format=png):")
+        for path in [path for path, _ in samples if path.parent == REAL_SAMPLE_IMAGES]:
+            target = maps / f"{path.stem}.png"
+            target.write_bytes(explain_png(server.url, path, args.name))
+            print(f"attention map of {path.name}: {target}")
         print(
             "\nThe demo model saw only synthetic galaxies for a few epochs: expect it to get most real GZ2 cutouts\n"
             "wrong. Train on the GZ2 images (`galaxyvit train RUN --data gz2 ...`) for the study's accuracy."

@@ -221,7 +221,7 @@ def main() -> int:
         normalize(np.stack([np.asarray(center_crop(Image.fromarray(i), PREP.crop)) for i in images]), PREP),
     )
     results = {
-        "settings": {**vars(args), "out": str(args.out), "architectures": ARCH},
+        "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, "architectures": ARCH},  # no local path
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     }
     for family in args.families.split(","):

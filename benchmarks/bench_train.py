@@ -6,6 +6,11 @@ run's batch size, and times full training steps (forward, cross-entropy, backwar
 on the same random batch, alternating ours and the reference step by step so that both see the
 same machine load. Prints a table; not a test.
 
+Dropout is 0 in both models by default: vit-pytorch 1.26.11's `vit.ViT` also drops attention
+weights, which the 2021 layout the study trained with (ours) does not, so with the runs' dropout
+the reference does more work per step. `--run-dropout` times them with the runs' dropout anyway
+(the output says which).
+
   python benchmarks/bench_train.py                          # vit-110421 and linformer-010522B, 3 steps each
   python benchmarks/bench_train.py --steps 10 --device cuda # on a GPU (bf16 autocast, the trainer's --precision bf16)
 
@@ -100,8 +105,12 @@ def make_step(model: nn.Module, run: Run, device: torch.device):
     return step
 
 
-def bench(run_id: str, steps: int, warmup: int, batch_size: int | None, device: torch.device) -> dict:
+def bench(
+    run_id: str, steps: int, warmup: int, batch_size: int | None, device: torch.device, run_dropout: bool = False
+) -> dict:
     run = get_run(run_id)
+    if not run_dropout:  # vit-pytorch 1.26.11 drops attention weights too; the 2021 layout does not
+        run = run.with_overrides(dropout=0.0, emb_dropout=0.0)
     batch = batch_size or run.batch_size
     torch.manual_seed(0)
     models = {"galaxyvit": build_model(run).to(device).train(), "vit-pytorch": reference_model(run).to(device).train()}
@@ -128,16 +137,23 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, help="default: the run's batch size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--run-dropout", action="store_true", help="the runs' dropout (default 0 in both: a like-for-like step)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"training step throughput on {name}, torch {torch.__version__}, median of {args.steps} steps")
+    if args.run_dropout:
+        print("the runs' dropout: vit-pytorch's ViT also drops attention weights (ours, the 2021 layout, does not)")
+    else:
+        print("dropout 0 in both (vit-pytorch's ViT would also drop attention weights; the 2021 layout does not)")
     print(f"{'run':<20} {'batch':>5} {'params ours/ref':>21} {'ours img/s':>11} {'ref img/s':>10} {'speed-up':>9}")
     slower = []
     for run_id in args.runs:
-        r = bench(run_id, args.steps, args.warmup, args.batch_size, device)
+        r = bench(run_id, args.steps, args.warmup, args.batch_size, device, args.run_dropout)
         ours, ref = r["images_per_s"]["galaxyvit"], r["images_per_s"]["vit-pytorch"]
         p = f"{r['params']['galaxyvit']:,}/{r['params']['vit-pytorch']:,}"
         print(f"{run_id:<20} {r['batch']:>5} {p:>21} {ours:>11.1f} {ref:>10.1f} {ours / ref:>8.2f}x", flush=True)

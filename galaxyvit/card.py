@@ -1,7 +1,10 @@
 """Model cards: the JSON written beside every exported ONNX artifact, and the integrity check on load.
 
 Torch-free, so serving can use it. A model directory `models/<name>/` holds `<variant>.onnx`
-and `<variant>.card.json` for each variant (fp32, int8, fp16).
+and `<variant>.card.json` for each variant (fp32, int8, fp16), and the files a card lists in its
+`artifacts` (the `explain.onnx` variant, the OOD Gaussians, the reliability diagram), each with its
+sha256. docs/export.md describes every field; cards written before a field existed still load (the
+field takes its default).
 """
 
 from __future__ import annotations
@@ -41,6 +44,49 @@ class Parity(TypedDict, total=False):
     onnx_valid_acc: float | None
     valid_acc_change: float | None
     export_seconds: float
+    max_abs_embedding_diff: float  # the `embedding` output (absent on cards from before it existed)
+    embedding_tolerance: float | None  # the fp32 gate's limit on it; None for int8/fp16
+
+
+class Artifact(TypedDict):
+    """A file beside the cards that a card names: its name in the model folder and its sha256."""
+
+    file: str
+    sha256: str
+
+
+class CalibrationRecord(TypedDict):
+    """Temperature scaling fitted on the validation images (galaxyvit.calibration.Calibration.to_dict())."""
+
+    temperature: float  # calibrated probabilities = softmax(logits / temperature)
+    nll_before: float  # validation NLL with T = 1 and with the fitted T
+    nll_after: float
+    ece_before: float  # expected calibration error (fraction, n_bins equal-width bins) before and after
+    ece_after: float
+    n_bins: int
+    n_samples: int
+
+
+class OODRecord(TypedDict):
+    """The not-a-galaxy rule (galaxyvit.ood.OODRule.to_dict() plus how the score was chosen)."""
+
+    method: str  # "energy" | "max_softmax" | "mahalanobis": the score used, higher = more like a galaxy
+    threshold: float  # in_distribution = score >= threshold
+    keep: float  # the share of validation galaxies the threshold was fitted to pass (0.95)
+    valid_pass_rate: float
+    n_valid: int
+    aurocs: dict[str, float]  # every score measured: validation galaxies against the non-galaxy image set
+    n_ood: int  # non-galaxy images the AUROCs were measured on
+
+
+class ExplainRecord(TypedDict):
+    """The `explain` ONNX variant (artifact "explain"): its outputs and its parity with PyTorch."""
+
+    outputs: list[str]  # logits (N, C), embedding (N, D), rollout (N, g, g), heads (N, H, g, g)
+    map_method: str  # "rollout", or for the Linformer "linformer-value-projection" (see docs/explain.md)
+    grid: int  # g: patches per side
+    heads: int  # H: heads of the last layer
+    parity: dict[str, Any]
 
 
 @dataclass
@@ -67,10 +113,20 @@ class ModelCard:
     confusion_matrix: list[list[float]] | None = None
     parity: Parity = field(default_factory=Parity)
     created: str = ""
+    embedding_name: str | None = None  # the ONNX output holding the CLS embedding (N, D); None on older exports
+    calibration: CalibrationRecord | None = None  # None: exported without validation images (or an older card)
+    ood: OODRecord | None = None
+    explain: ExplainRecord | None = None
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # key -> file beside the card, with its sha256
 
     @property
     def prep(self) -> Preprocessing:
         return Preprocessing.from_dict(self.preprocessing)
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature, or 1.0 (no change) for a card without calibration."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,3 +186,17 @@ def load_verified(model_dir: str | Path, variant: str = "fp32") -> tuple[Path, M
             "the artifact was modified or corrupted; re-export it"
         )
     return onnx_path, card
+
+
+def verified_artifact(model_dir: str | Path, card: ModelCard, key: str) -> Path:
+    """The path of the artifact `key` a card lists, after checking its sha256 (CardError when the card
+    lists no such artifact, IntegrityError when the file is missing or modified)."""
+    entry = card.artifacts.get(key)
+    if entry is None:
+        raise CardError(f"the {card.variant} card of {card.name} lists no {key!r} artifact")
+    path = Path(model_dir) / entry["file"]
+    if not path.is_file():
+        raise IntegrityError(f"{path} ({key}) named by the {card.variant} card is missing")
+    if sha256_file(path) != entry["sha256"]:
+        raise IntegrityError(f"{path} ({key}) does not match its model card: the artifact was modified; re-export it")
+    return path

@@ -16,6 +16,10 @@ A threshold is fitted on validation galaxies so that (at least) 95% of them pass
 below it gets `in_distribution: false`. Logit scores use the raw logits (before any temperature),
 at fit time and at prediction time alike. `auroc` measures how well a score separates galaxies from
 a set of non-galaxies, which is how `choose_method` picks the score to use.
+
+An export stores the rule in the model card (`ood`) and, for "mahalanobis", the Gaussians in the
+artifact `ood_gaussians` (an .npz of float64 `means` (C, D) and `precision` (D, D)); `load_ood_rule`
+reads both back, checking the artifact's sha256.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from galaxyvit.card import ModelCard, verified_artifact
+
 LOGIT_METHODS = ("energy", "max_softmax")
 METHODS = (*LOGIT_METHODS, "mahalanobis")
 KEEP = 0.95
 RIDGE = 1e-3
+GAUSSIANS_ARTIFACT, GAUSSIANS_FILE = "ood_gaussians", "ood_gaussians.npz"  # card artifact key, file name
 
 
 def logsumexp(logits: np.ndarray) -> np.ndarray:
@@ -203,3 +210,13 @@ def choose_method(
     METHODS), with every AUROC measured."""
     aurocs = compare_methods(galaxy_logits, ood_logits, galaxy_embeddings, ood_embeddings, gaussians)
     return max(aurocs, key=lambda m: (aurocs[m], -METHODS.index(m))), aurocs
+
+
+def load_ood_rule(model_dir: str | Path, card: ModelCard) -> OODRule | None:
+    """The card's OOD rule, with its Gaussians for "mahalanobis" (sha256-checked); None if the card has none."""
+    if card.ood is None:
+        return None
+    gaussians = None
+    if card.ood["method"] == "mahalanobis":
+        gaussians = FeatureGaussians.load(verified_artifact(model_dir, card, GAUSSIANS_ARTIFACT))
+    return OODRule.from_dict(dict(card.ood), gaussians)

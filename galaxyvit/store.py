@@ -73,7 +73,8 @@ def _metadata_value(value: Any) -> Any:
 
 
 def register_model(folder: Path, home: Path | None = None) -> str:
-    """Import an exported model folder (its variants' ONNX files and cards) into the store under `home`.
+    """Import an exported model folder (its variants' ONNX files and cards, and the artifacts the cards list)
+    into the store under `home`.
 
     Returns the tag, galaxyvit-<name>:<version>, name and version from the fp32 card."""
     import bentoml
@@ -98,4 +99,6 @@ def register_model(folder: Path, home: Path | None = None) -> str:
         for card in cards:
             shutil.copy2(folder / card.onnx_file, Path(bento_model.path) / card.onnx_file)
             shutil.copy2(card_path(folder, card.variant), card_path(bento_model.path, card.variant))
+        for file in sorted({entry["file"] for card in cards for entry in card.artifacts.values()}):
+            shutil.copy2(folder / file, Path(bento_model.path) / file)  # explain.onnx, OOD Gaussians, diagrams
     return str(bento_model.tag)

@@ -1,14 +1,24 @@
-"""GPU check of the service: CUDA provider active, throughput and p50/p99 latency per model and batch size.
+"""GPU check of the service: CUDA provider active, throughput and p50/p99 latency per model and batch size;
+and (--training) the training epoch time of the study's runs on the GPU.
 
 On a machine with an NVIDIA GPU (and onnxruntime-gpu able to load CUDA), run from the repository root:
 
     python scripts/gpu_check.py                       # the models registered in BENTOML_HOME
     python scripts/gpu_check.py --synthetic           # export full-size study models with random weights first
+    python scripts/gpu_check.py --training            # epoch time of linformer-010522B, vit-110421, ViT-Base (~5 min)
 
 It starts the service (serving.process.ServerProcess) on 127.0.0.1 with device cuda, fails unless every model runs on
 CUDAExecutionProvider, then sends multipart /classify requests of each batch size from a few
 concurrent clients for a fixed time and prints images/s and request latency p50/p99. It stops the
 server by PID and finishes in a few minutes (3 models x 4 batch sizes x --seconds).
+
+--training (scripts/gpu_training.py) writes --sample synthetic 424x424 galaxies (default 4,096) and
+prepares them, then measures what an epoch is made of: the loader's images/s with the trainer's
+workers on each data path (JPEG + Pillow augmentation, prepared crops + Pillow, prepared crops for
+the GPU augmentation), each run's training step and evaluation images/s on the GPU (random weights,
+the run's batch) and the GPU augmentation's images/s. The epoch time of --train-images (100,000)
+training + --valid-images (25,000) validation images follows for each path, with what bounds it
+(loader or model), and each family's table time at --epochs-per-run epochs per run.
 """
 
 from __future__ import annotations
@@ -92,7 +102,9 @@ def measure(url: str, model: str, images: list[bytes], batch: int, seconds: floa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument(
         "--synthetic", action="store_true", help="export full-size random-weight models into a temp home"
     )
@@ -102,7 +114,14 @@ def main() -> int:
     parser.add_argument(
         "--allow-cpu", action="store_true", help="measure even if CUDA is not active (for trying it out)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--training", action="store_true", help="the training epoch time instead (gpu_training.py)")
+    args, rest = parser.parse_known_args()
+    if args.training:
+        from gpu_training import main as training_main  # scripts/ is on sys.path when this file runs
+
+        return training_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="galaxyvit-gpu-check-"))

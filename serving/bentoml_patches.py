@@ -1,4 +1,4 @@
-"""Workarounds for BentoML 1.4.40 behaviour that breaks graceful shutdown or bounded metrics.
+"""Workarounds for BentoML 1.4.40 behaviour that breaks graceful shutdown, bounded metrics or connection limits.
 
 Each patch checks for the BentoML code layout it expects and does nothing otherwise; recheck them
 on a BentoML upgrade. serving/deployment.py applies them when `bentoml serve` builds the service.
@@ -6,8 +6,8 @@ on a BentoML upgrade. serving/deployment.py applies them when `bentoml serve` bu
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import signal
 import threading
 import time
@@ -18,17 +18,9 @@ logger = logging.getLogger("galaxyvit.serving")
 
 def _api_workers_alive(entry_service: str) -> bool:
     """Whether a sibling process (same `bentoml serve` parent) is still an API worker of `entry_service`."""
-    import psutil
+    from serving.readiness import sibling_workers
 
-    for process in psutil.Process(os.getppid()).children():
-        try:
-            command = process.cmdline()
-        except psutil.Error:
-            continue
-        if process.pid != os.getpid() and "--service-name" in command:
-            if command[command.index("--service-name") + 1 :][:1] == [entry_service]:
-                return True
-    return False
+    return bool(sibling_workers(entry_service))
 
 
 def hold_sigterm_while_api_workers_run(entry_service: str, limit_s: float) -> None:
@@ -127,3 +119,63 @@ def bound_metric_labels() -> None:
 
     setattr(Middleware, "__call__", call)  # noqa: B010 (patching a method: setattr says so)
     setattr(Middleware, "_paths_bounded", True)  # noqa: B010
+
+
+_API_GUARD: dict[str, Any] = {}
+
+
+def _guarded_worker(entry_service: str) -> bool:
+    """Whether this process is an API worker of `entry_service` (BentoML names it before uvicorn starts)."""
+    from bentoml._internal.context import server_context
+
+    return server_context.service_name == entry_service
+
+
+async def _drain(limit_s: float) -> None:
+    """Keep accepting while requests are in flight; new ones get 503 `shutting_down` (serving/admission.py)."""
+    from serving.admission import TRAFFIC
+
+    TRAFFIC.draining = True
+    logger.info("shutting down: %d requests in flight finish, new ones get 503", TRAFFIC.active)
+    deadline = time.monotonic() + limit_s
+    while TRAFFIC.active > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+def guard_api_server(entry_service: str, limits: Any, drain_limit_s: float) -> None:
+    """Connection guards and a graceful drain for the API workers' uvicorn (BentoML 1.4 passes uvicorn none of
+    the settings this needs: its worker builds `uvicorn.Config` itself).
+
+    In the API workers of `entry_service` only: uvicorn's httptools protocol becomes
+    `serving.connections.guarded_protocol(..., limits)` (header timeout and size, connection cap); and on
+    SIGTERM the worker keeps accepting connections while its requests finish (at most `drain_limit_s`),
+    answering new ones 503 with Retry-After, before uvicorn's own shutdown stops listening.
+    """
+    try:
+        import uvicorn
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # another uvicorn layout, or no httptools: leave it alone
+        logger.warning("uvicorn with httptools not found: no header timeout or size limit, no connection cap")
+        return
+    from serving.connections import guarded_protocol
+
+    _API_GUARD.update(limits=limits, drain_limit_s=drain_limit_s)  # the latest build's settings
+    if getattr(uvicorn.Config, "_galaxyvit_patched", False):
+        return
+    original_load, original_shutdown = uvicorn.Config.load, uvicorn.Server.shutdown
+
+    def load(self: uvicorn.Config) -> None:
+        original_load(self)
+        if _guarded_worker(entry_service) and issubclass(self.http_protocol_class, HttpToolsProtocol):
+            self.http_protocol_class = guarded_protocol(self.http_protocol_class, _API_GUARD["limits"])
+            setattr(self, "_galaxyvit_drain_s", _API_GUARD["drain_limit_s"])  # noqa: B010
+
+    async def shutdown(self: uvicorn.Server, sockets: Any = None) -> None:
+        drain_s = getattr(self.config, "_galaxyvit_drain_s", None)
+        if drain_s is not None:
+            await _drain(drain_s)
+        await original_shutdown(self, sockets)
+
+    setattr(uvicorn.Config, "load", load)  # noqa: B010 (patching a method: setattr says so)
+    setattr(uvicorn.Server, "shutdown", shutdown)  # noqa: B010
+    setattr(uvicorn.Config, "_galaxyvit_patched", True)  # noqa: B010

@@ -4,13 +4,18 @@ Serves every registered `galaxyvit-<name>` model (or those named with --models) 
 default. Endpoints: POST /classify, POST /classify/raw, GET /models, POST /feedback, /livez,
 /readyz, /metrics. Settings not given as options come from GALAXYVIT_* environment variables or
 serving.toml (see serving/config.py).
+
+API keys: `galaxyvit serve --hash-key` reads a key from stdin (or a prompt) and prints the line to put in
+the keys file; `galaxyvit serve --api-keys-file FILE` then requires `Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
+from pathlib import Path
 
 from serving.process import ROOT, bentoml_command, serve_env
 
@@ -24,6 +29,7 @@ SETTING_OPTIONS = (
     "device",
     "max_batch_size",
     "max_latency_ms",
+    "api_keys_file",
 )
 
 
@@ -42,15 +48,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-batch-size", type=int, default=None, help="adaptive batching: most images per batch")
     parser.add_argument("--max-latency-ms", type=int, default=None, help="adaptive batching: longest wait for a batch")
+    parser.add_argument(
+        "--api-keys-file", default=None, help="file of API key SHA-256 hashes: requests then need a Bearer key"
+    )
+    parser.add_argument(
+        "--hash-key",
+        action="store_true",
+        help="print the SHA-256 line of an API key read from stdin (or a prompt) for the keys file, and exit",
+    )
 
 
 def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The `bentoml serve` command line and environment for these options."""
     settings = {name: getattr(args, name) for name in SETTING_OPTIONS}
+    if settings["api_keys_file"]:  # the server runs in the repository root
+        settings["api_keys_file"] = str(Path(settings["api_keys_file"]).resolve())
     return bentoml_command(args.host, args.port), serve_env(settings)
 
 
+def read_key() -> str:
+    """An API key from stdin, or from a prompt that does not echo it (never from the command line, which
+    shell histories and process lists keep)."""
+    key = sys.stdin.readline() if not sys.stdin.isatty() else getpass.getpass("API key: ")
+    return key.strip()
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.hash_key:
+        from serving.auth import hash_key
+
+        key = read_key()
+        if not key:
+            print("no key given", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
     command, env = serve_command(args)
     print(f"starting {' '.join(command)} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     os.chdir(ROOT)

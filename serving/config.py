@@ -49,6 +49,13 @@ class ServingConfig:
             "Turn on for an inference-only box"
         },
     )
+    calibrate: bool = field(
+        default=True,
+        metadata={
+            "help": "apply the model card's fitted temperature to the probabilities (answers say `calibrated: "
+            "true`); off, or for a model exported without validation images, they are the plain softmax"
+        },
+    )
     max_batch_size: int = field(
         default=32, metadata={"help": "adaptive batching: most images per ONNX Runtime call (at least 2)"}
     )
@@ -65,7 +72,13 @@ class ServingConfig:
     max_pixels: int = field(
         default=4096 * 4096, metadata={"help": "pixels per image, checked before decoding (decompression bombs)"}
     )
-    max_images: int = field(default=16, metadata={"help": "images per /classify request; at most `max_batch_size`"})
+    max_images: int = field(
+        default=16,
+        metadata={
+            "help": "images per /classify request, at most `max_batch_size`; with tta=8 each image counts as its "
+            "8 views, so a request may carry `max_images` // 8 images"
+        },
+    )
     max_concurrency: int = field(
         default=64, metadata={"help": "in-flight requests per API worker before 429 + Retry-After"}
     )
@@ -80,6 +93,70 @@ class ServingConfig:
             "help": "sqlite prediction store folder; empty: the server's Prometheus multiprocess folder (shared "
             "by the API workers), else a new folder in the system temp dir"
         },
+    )
+    max_decoded_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "help": "decoded size of one image (pixels x planes x bytes per sample, 256 MiB), checked from its "
+            "header before decoding; larger is 413 `too_large`"
+        },
+    )
+    decode_threads: int = field(
+        default=2,
+        metadata={
+            "help": "decoding threads per API worker; further images wait in line for them (a request that times "
+            "out drops its waiting images), so decoding memory stays near `decode_threads` x `max_decoded_bytes`"
+        },
+    )
+    body_timeout_s: int = field(
+        default=10,
+        metadata={
+            "help": "an upload must start within this many seconds of its headers and then keep up "
+            "`min_upload_rate`, else 408 `body_timeout`; a request counts toward `max_concurrency` only once its "
+            "body is in"
+        },
+    )
+    min_upload_rate: int = field(
+        default=1024, metadata={"help": "bytes/s an upload must average after its first `body_timeout_s` seconds"}
+    )
+    upload_buffer_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "help": "request-body bytes one API worker holds while they are still arriving (256 MiB); a chunk "
+            "beyond is 429 `overloaded`. At least `max_upload_bytes`"
+        },
+    )
+    header_timeout_s: int = field(
+        default=30,
+        metadata={"help": "a connection must send a request's headers within this many seconds, else it is closed"},
+    )
+    max_header_bytes: int = field(
+        default=16 * 1024, metadata={"help": "request line and headers (16 KiB); larger is 431 `header_too_large`"}
+    )
+    max_connections: int = field(
+        default=1000,
+        metadata={
+            "help": "open connections per API worker (at most the open-file limit less 100); beyond it the "
+            "longest-idle connection is closed, or the new one when none is idle"
+        },
+    )
+    api_keys_file: str = field(
+        default="",
+        metadata={
+            "help": "file of API key SHA-256 hashes, one per line (`galaxyvit serve --hash-key`); when set, every "
+            "endpoint but /livez, /readyz and /metrics needs `Authorization: Bearer KEY`. Empty: no keys"
+        },
+    )
+    protect_metrics: bool = field(default=False, metadata={"help": "with `api_keys_file`, /metrics needs a key too"})
+    feedback_per_minute: int = field(
+        default=60, metadata={"help": "with `api_keys_file`: /feedback requests per key and minute, per API worker"}
+    )
+    feedback_burst: int = field(
+        default=20, metadata={"help": "with `api_keys_file`: /feedback requests a key may send at once"}
+    )
+    expose_model_details: bool = field(
+        default=False,
+        metadata={"help": "show each model's training settings and confusion matrix in GET /models"},
     )
 
 
@@ -122,6 +199,12 @@ def load_config(env: dict[str, str] | None = None) -> ServingConfig:
         raise ValueError("max_batch_size must be at least 2 (BentoML's batching requires it)")
     if config.max_images > config.max_batch_size:
         raise ValueError(f"max_images ({config.max_images}) must not exceed max_batch_size ({config.max_batch_size})")
+    positive = ("decode_threads", "body_timeout_s", "min_upload_rate", "header_timeout_s", "max_header_bytes")
+    for name in (*positive, "max_connections", "feedback_per_minute", "feedback_burst", "max_decoded_bytes"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if config.upload_buffer_bytes < config.max_upload_bytes:
+        raise ValueError("upload_buffer_bytes must be at least max_upload_bytes")
     return config
 
 

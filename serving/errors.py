@@ -22,14 +22,17 @@ class ServiceError(ValueError):
         return {"error": str(self), "kind": self.kind, "status": self.status}
 
 
-def error_response(error: ServiceError, retry_after_s: int | None = None) -> JSONResponse:
-    """The JSON answer to `error`; 429 and 503 carry Retry-After when `retry_after_s` is given."""
+def error_response(error: ServiceError, retry_after_s: int | None = None, close: bool = False) -> JSONResponse:
+    """The JSON answer to `error`; 429 and 503 carry Retry-After when `retry_after_s` is given. `close`:
+    end the connection after it (the request body was not read to its end)."""
     from serving.metrics import get_metrics
 
     get_metrics().errors.labels(error.kind).inc()
     retry = retry_after_s if retry_after_s and error.status in (429, 503) else None
-    headers = {"Retry-After": str(retry)} if retry else None
-    return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
+    headers = {"Retry-After": str(retry)} if retry else {}
+    if close:
+        headers["Connection"] = "close"
+    return JSONResponse(error.to_dict(), status_code=error.status, headers=headers or None)
 
 
 async def starlette_error(request: Request, exc: Exception) -> JSONResponse:

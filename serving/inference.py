@@ -1,11 +1,14 @@
 """Inference: every served model in ONNX Runtime behind one batchable BentoML API, and the client the HTTP
 front end calls it through.
 
-The front end sends each request's images as items {"model": name, "x": (H,W,3) uint8 evaluation crop,
-"t": hand-off time}; BentoML's adaptive batcher gathers the items of concurrent requests (up to
-`max_batch_size`, waiting at most `max_latency_ms`) and `Inference.infer` runs each batch grouped per
-model. The crops travel as uint8 (a quarter of the float32 bytes between the processes) and are
-normalised here, straight into the batch (`galaxyvit.preprocess.normalize`, the offline evaluation code).
+The front end sends each request's images (or, with tta=8, each of their 8 views) as items {"model": name,
+"x": (H,W,3) uint8 evaluation crop, "t": hand-off time, "explain": True for POST /explain}; BentoML's
+adaptive batcher gathers the items of concurrent requests (up to `max_batch_size`, waiting at most
+`max_latency_ms`) and `Inference.infer` runs each batch grouped per model (and explain variant). The
+crops travel as uint8 (a quarter of the float32 bytes between the processes) and are normalised here,
+straight into the batch (`galaxyvit.preprocess.normalize`, the offline evaluation code). Each item's
+answer is scored here too (serving/scoring.py): probabilities, calibrated unless `calibrate` is off,
+and the not-a-galaxy score and flag.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from serving.catalog import Catalog
 from serving.config import ServingConfig
 from serving.errors import ServiceError
 from serving.metrics import get_metrics
+from serving.readiness import mark_ready
+from serving.scoring import Scorer
 
 if TYPE_CHECKING:
+    from serving.explain import ExplainModel
     from serving.runtime import LoadedModel
 
 logger = logging.getLogger("galaxyvit.serving")
@@ -38,15 +44,21 @@ class Inference:
     """The served models loaded in ONNX Runtime (verified, warmed up): one process's inference."""
 
     def __init__(self, catalog: Catalog, config: ServingConfig) -> None:
+        from serving.explain import load_explain
         from serving.runtime import default_threads, load_model  # ONNX Runtime: only in inference processes
 
         threads = config.intra_op_threads or default_threads(config.inference_workers)
         self.metrics = get_metrics()
         self.loaded: dict[str, LoadedModel] = {}
+        self.scorers: dict[str, Scorer] = {}
+        self.explainers: dict[str, ExplainModel] = {}
         for served in catalog.models.values():
-            model = load_model(
-                served.name, served.folder, config.variant, config.device, threads, config.intra_op_spinning
-            )
+            settings = (config.device, threads, config.intra_op_spinning)
+            model = load_model(served.name, served.folder, config.variant, *settings)
+            self.scorers[served.name] = Scorer.for_card(served.folder, model.card, config.calibrate)
+            explainer = load_explain(served.folder, model.card, config.calibrate, *settings)
+            if explainer is not None:
+                self.explainers[served.name] = explainer
             # before /readyz turns ready; on CUDA also the largest batch (memory arena, kernel choice)
             model.warm_up((1, 2, config.max_batch_size) if model.provider == "CUDAExecutionProvider" else (1, 2))
             self.loaded[served.name] = model
@@ -58,27 +70,31 @@ class Inference:
                 "serving %s (%s %s) on %s", served.name, model.card.family, model.card.variant, model.provider
             )
 
-    def infer(self, items: list[dict[str, Any]]) -> list[np.ndarray]:
-        """One class-probability vector per item, in item order (items of several models are grouped)."""
+    def infer(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One scored answer per item (serving/scoring.py; explain items add `rollout`), in item order;
+        items of several models, and explain items, are grouped."""
         start = time.time()
-        out: list[np.ndarray] = [np.empty(0)] * len(items)
-        groups: dict[str, list[int]] = {}
+        out: list[dict[str, Any]] = [{}] * len(items)
+        groups: dict[tuple[str, bool], list[int]] = {}
         for i, item in enumerate(items):
-            groups.setdefault(item["model"], []).append(i)
-        for name, idx in groups.items():
+            groups.setdefault((item["model"], bool(item.get("explain"))), []).append(i)
+        for (name, explain), idx in groups.items():
             model = self.loaded[name]
             for i in idx:
                 self.metrics.queue_seconds.labels(name).observe(max(0.0, start - float(items[i]["t"])))
-            size = model.card.prep.size
-            batch = np.empty((len(idx), 3, size, size), np.float32)
-            for row, i in enumerate(idx):
-                normalize(np.asarray(items[i]["x"]), model.card.prep, out=batch[row])
             t0 = time.perf_counter()
-            probs = model.predict(batch)
+            if explain:
+                answers = self.explainers[name].explain([np.asarray(items[i]["x"]) for i in idx])
+            else:
+                size = model.card.prep.size
+                batch = np.empty((len(idx), 3, size, size), np.float32)
+                for row, i in enumerate(idx):
+                    normalize(np.asarray(items[i]["x"]), model.card.prep, out=batch[row])
+                answers = self.scorers[name].score(*model.outputs(batch))
             self.metrics.inference_seconds.labels(name).observe(time.perf_counter() - t0)
             self.metrics.batch_size.labels(name).observe(len(idx))
             for j, i in enumerate(idx):
-                out[i] = probs[j]
+                out[i] = answers[j]
         return out
 
     def describe(self) -> dict[str, dict[str, Any]]:
@@ -97,6 +113,7 @@ def inference_service(config: ServingConfig, catalog: Catalog) -> bentoml.Servic
         def __init__(self) -> None:
             self.inference = Inference(catalog, config)
             hold_sigterm_while_api_workers_run(ENTRY_SERVICE, config.timeout_s)
+            mark_ready()  # the API workers' /readyz looks for it (serving/readiness.py)
 
         @bentoml.api(batchable=True, max_batch_size=config.max_batch_size, max_latency_ms=config.max_latency_ms)
         def infer(self, items: list[dict[str, Any]]) -> list[Any]:

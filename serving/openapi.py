@@ -46,12 +46,55 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
             "class_name": {"type": "string", "enum": all_classes, "description": "a class name of `model`"},
             "probabilities": {
                 "type": "object",
-                "description": "probability of every class of `model`, keyed by class name in label order",
+                "description": "probability of every class of `model`, keyed by class name in label order; with "
+                "tta=8 the mean over the 8 views",
                 "additionalProperties": {"type": "number"},
+            },
+            "calibrated": {
+                "type": "boolean",
+                "description": "the probabilities are softmax(logits / T) with the card's fitted temperature T",
+            },
+            "ood_score": {
+                "type": "number",
+                "nullable": True,
+                "description": "not-a-galaxy score (higher = more like a training galaxy; card `ood.method`); "
+                "null when the model has no OOD rule",
+            },
+            "in_distribution": {
+                "type": "boolean",
+                "nullable": True,
+                "description": "ood_score >= the card's threshold (95% of validation galaxies pass); null if no rule",
+            },
+            "tta": {"type": "integer", "enum": [1, 8], "description": "views averaged"},
+            "spread": {
+                "type": "number",
+                "description": "tta=8 only: standard deviation across the views of the top class's probability",
             },
         },
     }
+    explained = {
+        "allOf": [
+            prediction,
+            {
+                "type": "object",
+                "properties": {
+                    "map_method": {"type": "string", "enum": ["rollout", "linformer-value-projection"]},
+                    "grid": {"type": "integer", "description": "g: patches per side"},
+                    "rollout": {
+                        "type": "array",
+                        "description": "g rows of g values: the attention map over the patch grid",
+                        "items": {"type": "array", "items": {"type": "number"}},
+                    },
+                },
+            },
+        ]
+    }
     model_param = {"type": "string", "enum": models, "default": catalog.default}
+    tta_param = {"type": "integer", "enum": [1, 8], "default": 1, "description": "8: average the 8 dihedral views"}
+    raw_body = {
+        "required": True,
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_CONTENT_TYPES},
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -73,6 +116,7 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                                     "properties": {
                                         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                                         "model": model_param,
+                                        "tta": tta_param,
                                     },
                                 }
                             }
@@ -93,24 +137,50 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_errors(400, 404, 413, 415, 429, 503),
+                        **_errors(400, 401, 404, 408, 413, 415, 429, 503),
                     },
                 }
             },
             "/classify/raw": {
                 "post": {
                     "summary": "Classify one image sent as the request body",
-                    "parameters": [{"name": "model", "in": "query", "required": False, "schema": model_param}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_CONTENT_TYPES},
-                    },
+                    "parameters": [
+                        {"name": "model", "in": "query", "required": False, "schema": model_param},
+                        {"name": "tta", "in": "query", "required": False, "schema": tta_param},
+                    ],
+                    "requestBody": raw_body,
                     "responses": {
                         "200": {
                             "description": "the prediction",
                             "content": {"application/json": {"schema": prediction}},
                         },
-                        **_errors(400, 404, 413, 415, 429, 503),
+                        **_errors(400, 401, 404, 408, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/explain": {
+                "post": {
+                    "summary": "Classify one image (sent as the request body) with the explain variant and return "
+                    "its attention map: JSON, or with format=png the crop the model sees with the map overlaid",
+                    "parameters": [
+                        {"name": "model", "in": "query", "required": False, "schema": model_param},
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["json", "png"], "default": "json"},
+                        },
+                    ],
+                    "requestBody": raw_body,
+                    "responses": {
+                        "200": {
+                            "description": "the prediction and the map (404 `no_explain`: exported without it)",
+                            "content": {
+                                "application/json": {"schema": explained},
+                                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        **_errors(400, 401, 404, 408, 413, 415, 429, 503),
                     },
                 }
             },
@@ -154,7 +224,7 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                             "description": "recorded",
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         },
-                        **_errors(400, 404, 409, 413, 429),
+                        **_errors(400, 401, 403, 404, 408, 409, 413, 415, 429),
                     },
                 }
             },

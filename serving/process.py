@@ -32,6 +32,7 @@ from serving.config import ENV_PREFIX, ServingConfig, load_config
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:GalaxyClassifier"
 SETTINGS = tuple(f.name for f in fields(ServingConfig))
+PORT_ATTEMPTS = 3  # a port free when picked can be taken by another process before the server binds it
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -121,9 +122,8 @@ class ServerProcess:
         self.store = Path(store) if store is not None else default_home()
         if not (self.store / "models").is_dir():
             raise FileNotFoundError(f"no BentoML model store at {self.store / 'models'}: export a model first")
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = bentoml_command("127.0.0.1", self.port)
+        self._own_port = port is None
+        self._use_port(port or free_port())
         self.env = serve_env(settings or {}, {**os.environ, **(env or {})})
         self.config = load_config(self.env)  # the settings the server will run with, checked now
         self._temporary = workdir is None
@@ -147,16 +147,33 @@ class ServerProcess:
         if not link.is_symlink():
             link.symlink_to((self.store / "models").resolve())  # the same models; metrics stay this server's own
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            wait_ready(self.url, self.process, self.ready_timeout, self.log)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(PORT_ATTEMPTS):
+            with open(self.log, "wb") as log:
+                self.process = subprocess.Popen(
+                    self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            try:
+                wait_ready(self.url, self.process, self.ready_timeout, self.log)
+                return self
+            except ServerNotReady:
+                if not (self._own_port and attempt + 1 < PORT_ATTEMPTS and self._lost_port_race()):
+                    self.stop()
+                    raise
+                self._use_port(free_port())  # another process took the free port before the server bound it
+            except BaseException:
+                self.stop()
+                raise
         return self
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.command = bentoml_command("127.0.0.1", port)
+
+    def _lost_port_race(self) -> bool:
+        """Whether the server exited because its port was taken between free_port() and its bind."""
+        exited = self.process is not None and self.process.poll() is not None
+        return exited and "address already in use" in self.log.read_text(errors="replace").lower()
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM, then SIGKILL to its process group after `timeout` s; a temporary workdir is removed."""

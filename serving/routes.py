@@ -1,7 +1,8 @@
 """The HTTP routes (a Starlette app, mounted on the BentoML front end service).
 
-  POST /classify       multipart form: one or more `images` file fields, optional `model` field
-  POST /classify/raw   body = the image bytes, Content-Type image/jpeg|png|tiff|fits; ?model=NAME
+  POST /classify       multipart form: one or more `images` file fields, optional `model` and `tta` fields
+  POST /classify/raw   body = the image bytes, Content-Type image/jpeg|png|tiff|fits; ?model=NAME&tta=1|8
+  POST /explain        body as /classify/raw; ?model=NAME&format=json|png: the prediction and attention map
   GET  /models         the served models' cards and classes, the active ONNX Runtime provider, the default model
   POST /feedback       {"request_id": "...", "label": index or class name of the model that predicted}
   GET  /openapi.json   OpenAPI document of these endpoints
@@ -13,6 +14,7 @@ Errors are ServiceErrors, answered as {"error": message, "kind": kind, "status":
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -22,38 +24,29 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from galaxyvit.preprocess import eval_crop
+from galaxyvit.card import ModelCard
+from serving.admission import CLIENT_CLOSED, client_disconnected
+from serving.auth import KEY_ID
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
-from serving.decode import check_content_type, decode_image
+from serving.decode import check_content_type
+from serving.decode_pool import DecodePool
 from serving.errors import ServiceError, error_response, starlette_error
+from serving.explain import has_explain
 from serving.inference import InferenceClient
 from serving.metrics import get_metrics
 from serving.openapi import build_openapi
-from serving.store import FeedbackExists, PredictionStore, UnknownRequest
+from serving.overlay import overlay_png
+from serving.scoring import combine_views, view_crops
+from serving.store import FeedbackExists, OtherOwner, PredictionStore, UnknownRequest
+from serving.uploads import check_image_count, decode_crop, parse_format, parse_tta, read_body
 
 FEEDBACK_SHAPE = '{"request_id": "...", "label": class index or class name}'
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise ServiceError("bad_request", 400, f"bad Content-Length {declared!r}")
-        if int(declared) > limit:
-            raise ServiceError("too_large", 413, f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError("too_large", 413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+MODEL_DETAILS = ("run_config", "confusion_matrix")  # card fields GET /models shows only with expose_model_details
 
 
 def label_index(value: Any, classes: list[str]) -> int | None:
@@ -78,6 +71,12 @@ def parse_label(value: Any, model: ServedModel) -> int:
     return index
 
 
+def card_fields(card: ModelCard, expose_details: bool) -> dict[str, Any]:
+    """What GET /models shows of a model card: all of it, or all but the training settings and confusion matrix."""
+    fields = card.to_dict()
+    return fields if expose_details else {k: v for k, v in fields.items() if k not in MODEL_DETAILS}
+
+
 class Handlers:
     """What the routes do, for one API worker: decoding, limits, the evaluation crop, the prediction store."""
 
@@ -89,34 +88,52 @@ class Handlers:
         self.store = store
         self.inference = inference
         self.metrics = get_metrics()
+        self.decoder = DecodePool(config.decode_threads)
         self._providers: dict[str, Any] | None = None
 
-    async def predict(self, model: ServedModel, blobs: list[bytes]) -> list[dict[str, Any]]:
-        """Decode, crop, batch through the inference service, record and format one result per image."""
-        prep = model.card.prep
-        max_pixels = self.config.max_pixels
-        # decoding is CPU work: a thread keeps the event loop (health checks, other requests) responsive
-        crops = await asyncio.to_thread(lambda: [eval_crop(decode_image(b, max_pixels), prep) for b in blobs])
-        probs = await self.inference.infer([{"model": model.name, "x": x, "t": time.time()} for x in crops])
+    async def crops(self, model: ServedModel, blobs: list[bytes]) -> list[np.ndarray]:
+        """Decode and crop the uploads: CPU work in threads, which keeps the event loop (health checks, other
+        requests) responsive, and a fixed number of them bounds the memory of concurrent decoding."""
+        prep, config = model.card.prep, self.config
+        return await self.decoder.map([functools.partial(decode_crop, b, prep, config) for b in blobs])
+
+    async def predict(
+        self, model: ServedModel, blobs: list[bytes], owner: str | None = None, tta: int = 1
+    ) -> list[dict[str, Any]]:
+        """Decode, crop, batch (each image, or its 8 views) through the inference service, record (for API
+        key `owner`) and format one result per image."""
+        crops = view_crops(await self.crops(model, blobs), tta)
+        answers = await self.inference.infer([{"model": model.name, "x": x, "t": time.time()} for x in crops])
+        return await self.record(model, combine_views(answers, tta), owner, tta)
+
+    async def record(
+        self, model: ServedModel, answers: list[dict[str, Any]], owner: str | None, tta: int = 1
+    ) -> list[dict[str, Any]]:
+        """Store and format scored answers (serving/scoring.py): one result per image."""
         classes = model.classes
         results, rows = [], []
-        for p in probs:
-            p = np.asarray(p, np.float64)
+        for answer in answers:
+            p = np.asarray(answer["p"], np.float64)
             label = int(np.argmax(p))
             request_id = uuid.uuid4().hex
             rows.append((request_id, model.name, label))
             self.metrics.predictions.labels(model.name, classes[label]).inc()
-            results.append(
-                {
-                    "request_id": request_id,
-                    "model": model.name,
-                    "model_version": model.card.version,
-                    "label": label,
-                    "class_name": classes[label],
-                    "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
-                }
-            )
-        await asyncio.to_thread(self.store.add, rows)
+            result = {
+                "request_id": request_id,
+                "model": model.name,
+                "model_version": model.card.version,
+                "label": label,
+                "class_name": classes[label],
+                "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+                "calibrated": bool(answer["calibrated"]),
+                "ood_score": answer["ood_score"],
+                "in_distribution": answer["in_distribution"],
+                "tta": tta,
+            }
+            if "spread" in answer:
+                result["spread"] = answer["spread"]
+            results.append(result)
+        await asyncio.to_thread(self.store.add, rows, owner)
         return results
 
     async def classify(self, request: Request) -> Response:
@@ -149,33 +166,55 @@ class Handlers:
                 raise ServiceError("bad_multipart", 400, "`images` fields must be files, not text")
             if not files:
                 raise ServiceError("no_images", 400, "no `images` file in the form")
-            if len(files) > self.config.max_images:
-                raise ServiceError(
-                    "too_many_images",
-                    413,
-                    f"{len(files)} images in one request exceed the limit of {self.config.max_images}",
-                )
-            requested = form.get("model")
-            if requested is not None and not isinstance(requested, str):
-                raise ServiceError("bad_multipart", 400, "`model` must be a text field")
+            requested, tta_field = form.get("model"), form.get("tta")
+            if not isinstance(requested, str | None) or not isinstance(tta_field, str | None):
+                raise ServiceError("bad_multipart", 400, "`model` and `tta` must be text fields")
+            tta = parse_tta(tta_field)
+            check_image_count(len(files), tta, self.config)
             model = self.catalog.get(requested)
             blobs = [await f.read() for f in files if not isinstance(f, str)]
         finally:
             await form.close()
-        return JSONResponse({"model": model.name, "predictions": await self.predict(model, blobs)})
+        predictions = await self.predict(model, blobs, request.scope.get(KEY_ID), tta)
+        return JSONResponse({"model": model.name, "predictions": predictions})
 
     async def classify_raw(self, request: Request) -> Response:
         check_content_type(request.headers.get("content-type"))
         model = self.catalog.get(request.query_params.get("model"))
+        tta = parse_tta(request.query_params.get("tta"))
+        check_image_count(1, tta, self.config)
         body = await read_body(request, self.config.max_upload_bytes)
-        (result,) = await self.predict(model, [body])
+        (result,) = await self.predict(model, [body], request.scope.get(KEY_ID), tta)
         return JSONResponse(result)
+
+    async def explain(self, request: Request) -> Response:
+        """One image as /classify/raw; its prediction from the explain variant with the g x g map as JSON, or
+        with ?format=png the crop the model sees with the map overlaid."""
+        check_content_type(request.headers.get("content-type"))
+        model = self.catalog.get(request.query_params.get("model"))
+        image_format = parse_format(request.query_params.get("format"))
+        if not has_explain(model.card):
+            raise ServiceError(
+                "no_explain", 404, f"model {model.name!r} was exported without the explain variant (--no-explain)"
+            )
+        body = await read_body(request, self.config.max_upload_bytes)
+        (crop,) = await self.crops(model, [body])
+        (answer,) = await self.inference.infer([{"model": model.name, "x": crop, "t": time.time(), "explain": True}])
+        (result,) = await self.record(model, [answer], request.scope.get(KEY_ID))
+        method = model.card.explain["map_method"] if model.card.explain else "rollout"
+        rollout = np.asarray(answer["rollout"], np.float32)
+        if image_format == "png":
+            png = await asyncio.to_thread(overlay_png, crop, rollout, method != "rollout")
+            headers = {"X-Request-Id": result["request_id"], "X-Class-Name": result["class_name"]}
+            return Response(png, media_type="image/png", headers=headers)
+        return JSONResponse({**result, "map_method": method, "grid": len(rollout), "rollout": rollout.tolist()})
 
     async def list_models(self, request: Request) -> Response:
         if self._providers is None:
             self._providers = await self.inference.describe()
+        expose = self.config.expose_model_details
         models = [
-            {"name": m.name, "classes": m.classes, **m.card.to_dict(), **self._providers[m.name]}
+            {"name": m.name, "classes": m.classes, **card_fields(m.card, expose), **self._providers[m.name]}
             for m in self.catalog.models.values()
         ]
         return JSONResponse({"default": self.catalog.default, "models": models})
@@ -188,16 +227,16 @@ class Handlers:
             raise ServiceError("bad_json", 400, f"feedback must be JSON: {FEEDBACK_SHAPE}") from None
         if not isinstance(data, dict) or not isinstance(data.get("request_id"), str) or "label" not in data:
             raise ServiceError("bad_json", 400, f"feedback must be {FEEDBACK_SHAPE}")
-        request_id, label = data["request_id"], data["label"]
+        request_id, label, owner = data["request_id"], data["label"], request.scope.get(KEY_ID)
         if all(label_index(label, m.classes) is None for m in self.catalog.models.values()):
             # refused before the store is asked which model made the prediction
             raise ServiceError(
                 "bad_label", 400, f"label must be a class index or a class name of the predicting model, not {label!r}"
             )
         try:
-            model = self.catalog.get(await asyncio.to_thread(self.store.model_of, request_id))
+            model = self.catalog.get(await asyncio.to_thread(self.store.model_of, request_id, owner))
             true_label = parse_label(label, model)
-            _, predicted, correct = await asyncio.to_thread(self.store.feedback, request_id, true_label)
+            _, predicted, correct = await asyncio.to_thread(self.store.feedback, request_id, true_label, owner)
         except UnknownRequest:
             raise ServiceError(
                 "unknown_request_id",
@@ -205,6 +244,8 @@ class Handlers:
                 f"unknown request_id {request_id!r} (never issued, or older than the last "
                 f"{self.config.store_size} predictions)",
             ) from None
+        except OtherOwner:
+            raise ServiceError("forbidden", 403, f"request_id {request_id!r} was issued to another API key") from None
         except FeedbackExists:
             raise ServiceError(
                 "duplicate_feedback", 409, f"feedback for request_id {request_id!r} was already recorded"
@@ -256,6 +297,9 @@ def http_app(config: ServingConfig) -> Starlette:
                 return await handler(handlers, request)
             except ServiceError as exc:
                 return error_response(exc, config.retry_after_s)
+            except ClientDisconnect:  # the body is read by serving/admission.py; this is for the app alone
+                client_disconnected(request.url.path, "while its body was read")
+                return Response(status_code=CLIENT_CLOSED)  # never delivered: nobody is listening
 
         return endpoint
 
@@ -264,6 +308,7 @@ def http_app(config: ServingConfig) -> Starlette:
         routes=[
             Route("/classify", route(Handlers.classify), methods=["POST"]),
             Route("/classify/raw", route(Handlers.classify_raw), methods=["POST"]),
+            Route("/explain", route(Handlers.explain), methods=["POST"]),
             Route("/models", route(Handlers.list_models), methods=["GET"]),
             Route("/feedback", route(Handlers.feedback), methods=["POST"]),
             Route("/openapi.json", route(Handlers.openapi), methods=["GET"]),

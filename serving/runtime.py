@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from galaxyvit.card import CardError, ModelCard, load_verified
+from serving.scoring import softmax
 
 logger = logging.getLogger("galaxyvit.serving")
 
@@ -41,12 +42,6 @@ def default_threads(workers: int = 1) -> int:
     return max(1, cores // max(1, workers))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 @dataclass
 class LoadedModel:
     """One verified ONNX model ready to run."""
@@ -65,6 +60,12 @@ class LoadedModel:
         """(N, 3, H, W) float32 -> (N, K) float32 probabilities of the card's K classes."""
         (logits,) = self.session.run([self.card.output_name], {self.card.input_name: batch})
         return softmax(logits.astype(np.float32))
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, 3, H, W) float32 -> raw logits (N, K) and the CLS embedding (N, D) (None on an older export)."""
+        names = [self.card.output_name] + ([self.card.embedding_name] if self.card.embedding_name else [])
+        results = self.session.run(names, {self.card.input_name: batch})
+        return results[0], (results[1] if len(results) > 1 else None)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2)) -> None:
         size = self.card.prep.size
@@ -85,6 +86,19 @@ def load_model(
     `spinning`: let ONNX Runtime's intra-op threads busy-wait for work (faster hand-offs on cores of
     their own, CPU taken from every other process on shared ones)."""
     onnx_path, card = load_verified(model_dir, variant)
+    session = open_session(onnx_path, device, threads, spinning)
+    outputs = session.get_outputs()[0].shape[-1]
+    if isinstance(outputs, int) and outputs != len(card.class_names):
+        raise CardError(f"{onnx_path} outputs {outputs} classes but its card names {len(card.class_names)}")
+    model = LoadedModel(name=name, card=card, session=session, onnx_path=onnx_path)
+    logger.info("model %s (%s, %s) on %s", name, card.family, variant, model.provider)
+    return model
+
+
+def open_session(
+    onnx_path: Path, device: str = "auto", threads: int = 0, spinning: bool = False
+) -> ort.InferenceSession:
+    """An ONNX Runtime session of an already verified file, with the service's thread and provider settings."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
@@ -97,13 +111,7 @@ def load_model(
         # CUDA and cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) are not on the loader path.
         ort.preload_dlls(directory="")
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
-    outputs = session.get_outputs()[0].shape[-1]
-    if isinstance(outputs, int) and outputs != len(card.class_names):
-        raise CardError(f"{onnx_path} outputs {outputs} classes but its card names {len(card.class_names)}")
-    model = LoadedModel(name=name, card=card, session=session, onnx_path=onnx_path)
-    if model.provider != providers[0]:
-        logger.warning("model %s: requested %s but ONNX Runtime runs it on %s", name, providers[0], model.provider)
-    logger.info(
-        "model %s (%s, %s) on %s, %d threads", name, card.family, variant, model.provider, options.intra_op_num_threads
-    )
-    return model
+    actual = session.get_providers()[0]
+    if actual != providers[0]:
+        logger.warning("%s: requested %s but ONNX Runtime runs it on %s", onnx_path, providers[0], actual)
+    return session

@@ -2,7 +2,9 @@
 
 Feedback may reach another worker than the prediction, so the store lives in one sqlite file.
 It keeps the last `size` predictions and, separately, the running feedback counts per model and
-true class, so online accuracy stays exact when old predictions are evicted.
+true class, so online accuracy stays exact when old predictions are evicted. With API keys each
+prediction records the key that asked for it (an id derived from the key's hash, never the key), and
+feedback is taken only from that key.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     model TEXT NOT NULL,
     label INTEGER NOT NULL,
     created REAL NOT NULL,
-    true_label INTEGER
+    true_label INTEGER,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback_counts (
     model TEXT NOT NULL,
@@ -39,6 +42,10 @@ class FeedbackExists(ValueError):
     """Feedback for this request id was already recorded."""
 
 
+class OtherOwner(PermissionError):
+    """The prediction was made for another API key."""
+
+
 class PredictionStore:
     def __init__(self, path: str | Path, size: int = 10_000) -> None:
         self.path = Path(path)
@@ -48,37 +55,50 @@ class PredictionStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")  # the store lives as long as the server; no need to fsync
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(predictions)")}
+        if "owner" not in columns:  # a store written before predictions had owners
+            try:
+                self.db.execute("ALTER TABLE predictions ADD COLUMN owner TEXT")
+            except sqlite3.OperationalError:  # another worker added it first
+                pass
         self.lock = threading.Lock()  # one connection per worker, used from several threads: one at a time
 
-    def add(self, rows: list[tuple[str, str, int]]) -> None:
-        """Record (request_id, model, label) rows and evict beyond the newest `size`."""
+    def add(self, rows: list[tuple[str, str, int]], owner: str | None = None) -> None:
+        """Record (request_id, model, label) rows, made for `owner` (None: no API keys), and evict beyond the
+        newest `size`."""
         now = time.time()
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
-                "INSERT INTO predictions (request_id, model, label, created) VALUES (?, ?, ?, ?)",
-                [(rid, model, label, now) for rid, model, label in rows],
+                "INSERT INTO predictions (request_id, model, label, created, owner) VALUES (?, ?, ?, ?, ?)",
+                [(rid, model, label, now, owner) for rid, model, label in rows],
             )
             self.db.execute("DELETE FROM predictions WHERE seq <= (SELECT MAX(seq) FROM predictions) - ?", (self.size,))
 
-    def model_of(self, request_id: str) -> str:
-        """The model that made prediction `request_id`; UnknownRequest when it is not (or no longer) stored."""
+    def model_of(self, request_id: str, owner: str | None = None) -> str:
+        """The model that made prediction `request_id`; UnknownRequest when it is not (or no longer) stored,
+        OtherOwner when `owner` is given and the prediction was made for another."""
         with self.lock:
-            row = self.db.execute("SELECT model FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
+            row = self.db.execute("SELECT model, owner FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
         if row is None:
             raise UnknownRequest(request_id)
+        if owner is not None and row[1] != owner:
+            raise OtherOwner(request_id)
         return str(row[0])
 
-    def feedback(self, request_id: str, true_label: int) -> tuple[str, int, bool]:
-        """Record the true label of a prediction; returns (model, predicted label, correct)."""
+    def feedback(self, request_id: str, true_label: int, owner: str | None = None) -> tuple[str, int, bool]:
+        """Record the true label of a prediction (made for `owner`, when given); returns (model, predicted
+        label, correct)."""
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute(
-                "SELECT model, label, true_label FROM predictions WHERE request_id = ?", (request_id,)
+                "SELECT model, label, true_label, owner FROM predictions WHERE request_id = ?", (request_id,)
             ).fetchone()
             if row is None:
                 raise UnknownRequest(request_id)
-            model, label, previous = row
+            model, label, previous, made_for = row
+            if owner is not None and made_for != owner:
+                raise OtherOwner(request_id)
             if previous is not None:
                 raise FeedbackExists(request_id)
             correct = int(label == true_label)

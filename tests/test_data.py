@@ -16,7 +16,7 @@ from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import GZ2_SPLITS, REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_array, preprocessing_for
 from training.data import DataConfig, DataError, load_data, read_split_csv
-from training.loader import BadImages, EpochSampler, ImageDataset, collate
+from training.loader import BadImages, EpochSampler, ImageDataset
 from training.transforms import random_resized_crop_box, sample_rng, train_array, train_image
 
 PREP = preprocessing_for("linformer")
@@ -67,7 +67,7 @@ def test_missing_and_truncated_images_are_counted_and_skipped(tiny, tmp_path, ca
     assert len(train) == 14 and train.missing == train_ids[:2]
 
     dataset = ImageDataset(train, PREP, train=True)
-    batch = collate([dataset[i] for i in range(len(train))])
+    batch = dataset.collate_fn([dataset[i] for i in range(len(train))])
     assert sorted(train.ids[i] for i in batch.bad) == sorted(train_ids[2:4])
     assert batch.images.shape == (12, 3, 224, 224) and len(batch.labels) == 12
     bad = BadImages()
@@ -94,11 +94,15 @@ def test_real_gz2_samples_load_through_the_gz2_path(tmp_path):
     for split in data.splits.values():
         assert split.ids == ids
         for train in (True, False):
-            item = ImageDataset(split, PREP, train=train)[0]
-            assert item[0] is not None and item[0].shape == (3, 224, 224) and item[0].dtype == torch.float32
+            dataset = ImageDataset(split, PREP, train=train)
+            item = dataset[0]
+            assert item[0] is not None and item[0].shape == (224, 224, 3) and item[0].dtype == np.uint8
+            batch = dataset.collate_fn([item]).images
+            assert batch.shape == (1, 3, 224, 224) and batch.dtype == torch.float32
     with Image.open(images / f"{ids[0]}.jpg") as image:
         expected = eval_array(image, PREP)
-    assert np.array_equal(ImageDataset(data.splits["test"], PREP)[0][0].numpy(), expected)
+    test_set = ImageDataset(data.splits["test"], PREP)
+    assert np.array_equal(test_set.collate_fn([test_set[0]]).images[0].numpy(), expected)
 
 
 def test_folder_data_with_its_own_class_list(tiny, tmp_path):

@@ -1,5 +1,6 @@
-"""ONNX export: parity gate for all three families, model cards, integrity check, --best, registration,
-the class-stratified validation sample of the gate."""
+"""ONNX export: parity gate for all three families (logits and the CLS embedding), model cards, integrity
+check, --best, registration, the class-stratified validation sample of the gate. The explain variant,
+calibration and the OOD rule of an export: tests/test_export_explain.py."""
 
 import json
 import shutil
@@ -12,13 +13,14 @@ from tiny_galaxies import HEADER, galaxy_image
 from transformers import ViTConfig
 
 from app.cli import main as cli_main
-from galaxyvit.card import CardError, IntegrityError, load_card, load_verified
+from galaxyvit.card import CardError, IntegrityError, load_card, load_verified, verified_artifact
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import Preprocessing
 from galaxyvit.store import model_store, tag
 from training import export, export_gate
 from training.checkpoint import save_model
+from training.embeddings import logits_and_embeddings
 from training.export import ExportError, export_checkpoint
 from training.export_gate import gate_inputs, ort_session, read_valid_split, stratified_sample
 from training.metrics import RunMetrics
@@ -77,7 +79,13 @@ def bentoml_home(tmp_path, monkeypatch):
 def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_path, bentoml_home):
     (card,) = export_checkpoint(checkpoints[run_id], out_root=tmp_path / "models", valid_dir=valid_dir, quiet=True)
     model_dir = tmp_path / "models" / run_id
-    assert sorted(p.name for p in model_dir.iterdir()) == ["fp32.card.json", "fp32.onnx"]  # self-contained
+    files = ["explain.onnx", "fp32.card.json", "fp32.onnx", "fp32.reliability.png"]
+    if card.ood["method"] == "mahalanobis":
+        files.append("ood_gaussians.npz")
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(files)  # self-contained: no external data
+    assert sorted(entry["file"] for entry in card.artifacts.values()) == sorted(
+        set(files) - {"fp32.card.json", "fp32.onnx"}
+    )
     onnx_path, loaded = load_verified(model_dir, "fp32")
     assert loaded == load_card(model_dir / "fp32.card.json") and loaded.to_dict() == card.to_dict()
     assert card.run_id == run_id and card.family == get_run(run_id).family and card.class_names == list(CLASS_NAMES)
@@ -92,7 +100,10 @@ def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_
 
     # dynamic batch axis, names, and the same logits as PyTorch at another batch size
     graph = onnx.load(str(onnx_path))
-    assert [i.name for i in graph.graph.input] == ["images"] and [o.name for o in graph.graph.output] == ["logits"]
+    assert [i.name for i in graph.graph.input] == ["images"]
+    assert [o.name for o in graph.graph.output] == ["logits", "embedding"]  # logits first, as before
+    assert card.output_name == "logits" and card.embedding_name == "embedding"
+    assert parity["max_abs_embedding_diff"] <= parity["embedding_tolerance"]
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     from training.checkpoint import model_from_checkpoint
 
@@ -100,8 +111,12 @@ def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_
     images = torch.randn(3, 3, 224, 224)
     with torch.no_grad():
         expected = model(images).numpy()
-    got = ort_session(onnx_path).run(["logits"], {"images": images.numpy()})[0]
+    got, embedding = ort_session(onnx_path).run(["logits", "embedding"], {"images": images.numpy()})
     assert got.shape == (3, len(CLASS_NAMES)) and np.abs(got - expected).max() <= 1e-4
+    _, head_input = logits_and_embeddings(model, images)  # what the PyTorch head reads
+    assert (
+        embedding.shape == head_input.shape and np.abs(embedding - head_input).max() <= 1e-4 * np.abs(head_input).max()
+    )
 
     import bentoml
 
@@ -109,7 +124,8 @@ def test_export_passes_parity_and_registers(run_id, checkpoints, valid_dir, tmp_
     assert str(registered.tag) == tag(run_id, card.version)
     assert registered.info.labels["family"] == card.family and registered.info.labels["run_id"] == run_id
     assert registered.info.metadata["sha256"] == card.sha256
-    load_verified(registered.path, "fp32")  # the store copy is complete and intact
+    load_verified(registered.path, "fp32")  # the store copy is complete and intact, artifacts included
+    assert all(verified_artifact(registered.path, card, key).is_file() for key in card.artifacts)
 
 
 @pytest.mark.parametrize("run_id", ["vit-110321", "linformer-010522"])
@@ -145,9 +161,13 @@ def test_quantised_variants_record_drift_and_accuracy(checkpoints, valid_dir, tm
         assert 0 < card.parity["max_abs_logit_diff"] < 1.0  # quantised: drift is real and recorded
         assert card.parity["valid_acc_change"] >= -export_gate.MAX_ACC_DROP
         assert card.version == cards[0].version and card.sha256 != cards[0].sha256
+        assert 0 < card.parity["max_abs_embedding_diff"] and card.parity["embedding_tolerance"] is None
+        assert card.artifacts["explain"] == cards[0].artifacts["explain"]  # one explain.onnx, fp32
+        assert card.artifacts["reliability_diagram"]["file"] == f"{card.variant}.reliability.png"
+        assert card.calibration["n_samples"] == cards[0].calibration["n_samples"] > 0  # fitted on its own outputs
         path, _ = load_verified(tmp_path / "q", card.variant)
-        logits = ort_session(path).run(["logits"], {"images": np.zeros((2, 3, 224, 224), np.float32)})[0]
-        assert logits.dtype == np.float32 and logits.shape == (2, len(CLASS_NAMES))  # float32 IO kept
+        outputs = ort_session(path).run(["logits", "embedding"], {"images": np.zeros((2, 3, 224, 224), np.float32)})
+        assert [o.dtype for o in outputs] == [np.float32] * 2 and outputs[0].shape == (2, len(CLASS_NAMES))
     assert (tmp_path / "q" / "int8.onnx").stat().st_size < (tmp_path / "q" / "fp32.onnx").stat().st_size / 2
 
 
@@ -177,7 +197,7 @@ def test_failed_fp32_gate_writes_and_registers_nothing(checkpoints, tmp_path, be
     out = tmp_path / "models"
     monkeypatch.setattr(export_gate, "FP32_TOLERANCE", -1.0)  # no export can meet it
     with pytest.raises(ExportError, match="fp32 parity gate failed"):
-        export_checkpoint(checkpoints["vit-110321"], out_root=out, quiet=True)
+        export_checkpoint(checkpoints["vit-110321"], out_root=out, quiet=True, explain=False)
     assert list(out.iterdir()) == []  # no model folder, no temp folder
     assert model_store().list() == []
 
@@ -188,7 +208,7 @@ def test_quantised_variant_refused_alone(checkpoints, valid_dir, tmp_path, monke
         checkpoints["vit-110321"], out_root=tmp_path, variants=("int8",), valid_dir=valid_dir, register=False
     )
     assert [c.variant for c in cards] == ["fp32"]
-    assert sorted(p.name for p in (tmp_path / "vit-110321").iterdir()) == ["fp32.card.json", "fp32.onnx"]
+    assert not [p.name for p in (tmp_path / "vit-110321").iterdir() if p.name.startswith("int8")]
     assert "int8 refused: validation accuracy" in capsys.readouterr().err
 
 

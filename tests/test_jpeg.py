@@ -121,3 +121,15 @@ def test_predictions_through_the_fast_path_equal_pillows(tiny_models, tmp_path):
         fast, pillow = model.predict(batch), model.predict(reference)
         assert np.array_equal(fast.argmax(1), pillow.argmax(1))
         np.testing.assert_allclose(fast, pillow, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["q90 4:2:0", "301x257", "small 100x80"])
+def test_fast_path_with_a_centre_window_keeps_the_evaluation_crop(name):
+    data = synthetic_jpegs()[name]
+    prep = Preprocessing()
+    window = decode_image(data, MAX_PIXELS, crop=prep.crop)
+    width, height = Image.open(io.BytesIO(data)).size
+    assert window.size == (min(width, prep.crop), min(height, prep.crop))
+    assert np.array_equal(
+        np.asarray(center_crop(window, prep.crop)), np.asarray(center_crop(Image.open(io.BytesIO(data)), prep.crop))
+    )

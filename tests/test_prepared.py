@@ -84,9 +84,11 @@ def test_items_equal_the_jpeg_dataset_for_the_same_seed_epoch_index(tiny, tiny_p
             b.set_epoch(epoch)
             for i in range(len(a)):
                 x, y = a[i], b[i]
-                assert torch.equal(x[0], y[0]) and x[1:] == y[1:]
+                assert np.array_equal(x[0], y[0]) and x[1:] == y[1:]
+            items = range(len(a))
+            assert torch.equal(a.collate_fn([a[i] for i in items]).images, b.collate_fn([b[i] for i in items]).images)
     other = prepared_data(tiny_prepared).splits["train"]
-    assert not torch.equal(dataset_for(other, prep, train=True, seed=6)[0][0], b[0][0])  # the seed matters
+    assert not np.array_equal(dataset_for(other, prep, train=True, seed=6)[0][0], b[0][0])  # the seed matters
     assert isinstance(dataset_for(jpeg, prep), ImageDataset)
 
 
@@ -154,3 +156,25 @@ def test_damaged_incomplete_or_stale_data_are_clear_errors(tiny, tmp_path, capsy
     with pytest.raises(PreparedError, match=rf"1 unreadable or truncated images in split 'train' .*{train_ids[5]}"):
         prepare(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))  # nothing half-written
+
+
+def test_auto_uses_only_a_preparation_of_the_same_data(tiny, tiny_prepared, tmp_path, capsys):
+    """`--prepared auto` takes <dataset>/prepared-224 only when it was made from the split files, kind and images
+    the options name; `galaxyvit prepare` takes the data options of train (here --split-pattern)."""
+    for name in ("train", "valid", "test"):
+        shutil.copy(tiny / f"gz2_{name}.csv", tiny / f"other_{name}.csv")
+    try:
+        assert (
+            find_prepared(DataConfig(kind="gz2", dataset=str(tiny), split_pattern="gz2_{split}.csv")) == tiny_prepared
+        )
+        assert find_prepared(DataConfig(kind="gz2", dataset=str(tiny), split_pattern="other_{split}.csv")) is None
+        assert find_prepared(DataConfig(kind="folder", dataset=str(tiny))) is None
+        assert find_prepared(DataConfig(kind="gz2", dataset=str(tiny), images=str(tiny / "images"))) is None
+        args = ["prepare", "--data", "gz2", "--dataset", str(tiny), "--split-pattern", "other_{split}.csv"]
+        assert cli_main([*args, "--out", str(tmp_path / "other"), "--no-progress"]) == 0
+        assert "prepared 24/8/8 train/valid/test images" in capsys.readouterr().out
+        other = prepared_data(tmp_path / "other")
+        assert other.splits["test"].csv_path == (tiny / "other_test.csv").resolve()
+    finally:
+        for name in ("train", "valid", "test"):
+            (tiny / f"other_{name}.csv").unlink()

@@ -282,7 +282,7 @@ def test_feedback_updates_online_accuracy_exactly(client, samples):
 
 def test_openapi_document_lists_endpoints_and_the_models_classes(client):
     doc = client.get("/openapi.json").json()
-    assert {"/classify", "/classify/raw", "/models", "/feedback"} <= set(doc["paths"])
+    assert {"/classify", "/classify/raw", "/explain", "/models", "/feedback"} <= set(doc["paths"])
     assert doc["paths"]["/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]
     prediction = doc["paths"]["/classify/raw"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert prediction["properties"]["class_name"]["enum"] == list(CLASS_NAMES)

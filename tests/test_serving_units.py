@@ -84,6 +84,7 @@ def test_serving_never_imports_torch_and_builds_only_when_asked(tiny_models, tmp
     home, _ = tiny_models
     code = (
         "import sys, serving.service, serving.cli, serving.decode, serving.runtime, serving.metrics, serving.store; "
+        "import serving.explain, serving.overlay, serving.scoring, serving.uploads; "
         "from serving.inference import INFERENCE_SERVICE; "
         "assert 'GalaxyClassifier' not in vars(serving.service); "  # importing the entry module builds nothing
         "service = serving.service.GalaxyClassifier; "

@@ -13,11 +13,13 @@ column (`label1` for GZ2, class index 0..K-1) plus a folder of `<galaxyID>.jpg` 
   "galaxies_{split}.csv" (default: gz2_{split}.csv, else {split}.csv).
 
 Bad rows in a CSV stop the run with the file and line; missing or empty image files are dropped
-when the split is read. Reading the images for torch is training/loader.py's job.
+when the split is read. Reading the images for torch is training/loader.py's job. The command-line
+options of all this are `add_data_arguments` / `data_config` (train, evaluate, prepare, reproduce).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -64,6 +66,45 @@ class DataConfig:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, title: str = "data", prepared: bool = True) -> None:
+    """The data options of every command that reads a dataset (`prepared=False`: no --prepared, for `prepare`)."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--data", choices=KINDS, default="synthetic", help="dataset kind (default: synthetic)")
+    g.add_argument("--dataset", help="dataset folder (split CSVs + images/); for synthetic: where to cache it")
+    g.add_argument("--images", help="gz2: folder with <galaxyID>.jpg (the study's packaged split files are used)")
+    g.add_argument("--splits", help="gz2: folder with other split files than the study's packaged ones")
+    g.add_argument(
+        "--split-pattern",
+        help="gz2/folder: split file names, {split} = train, valid, test (default: gz2_{split}.csv, else {split}.csv)",
+    )
+    g.add_argument("--classes", help="folder: class names file (JSON list or TOML classes = [...])")
+    g.add_argument("--limit", type=int, help="use at most N images of each split")
+    if prepared:
+        g.add_argument(
+            "--prepared",
+            default="auto",
+            help="prepared crops (galaxyvit prepare): auto (the default folder when current), off, or a folder",
+        )
+    g.add_argument("--synth-n", type=int, default=3000, help="synthetic: number of images (default 3000)")
+    g.add_argument("--synth-seed", type=int, default=0, help="synthetic: generator seed (default 0)")
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """The DataConfig of the options `add_data_arguments` added."""
+    return DataConfig(
+        kind=args.data,
+        dataset=args.dataset,
+        splits=args.splits,
+        images=args.images,
+        classes=args.classes,
+        split_pattern=args.split_pattern,
+        limit=args.limit,
+        prepared=getattr(args, "prepared", "auto"),
+        synth_n=args.synth_n,
+        synth_seed=args.synth_seed,
+    )
 
 
 @dataclass

@@ -41,3 +41,28 @@ def logits_and_embeddings(
     if not logits:
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
     return torch.cat(logits).float().numpy(), torch.cat(seen).float().numpy()
+
+
+class WithEmbedding(nn.Module):
+    """`module` whose forward also returns the CLS embedding, second: (logits, embedding, *the other outputs).
+
+    `module` returns the logits, or a tuple whose first element is the logits; `head` is the module its
+    forward passes the CLS embedding to (`head_of(model)`). It traces to ONNX (the hook runs while tracing).
+    """
+
+    def __init__(self, module: nn.Module, head: nn.Module):
+        super().__init__()
+        self.module, self.head = module, head
+        self.eval()  # the exporter restores a module's mode afterwards, and with it every submodule's
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        seen: list[torch.Tensor] = []
+        handle = self.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        try:
+            out = self.module(images)
+        finally:
+            handle.remove()
+        if len(seen) != 1:
+            raise RuntimeError(f"the head ran {len(seen)} times in one forward, expected once")
+        first, rest = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
+        return (first, seen[0], *rest)

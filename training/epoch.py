@@ -1,11 +1,12 @@
 """One training epoch: the batches of this process's shard from where the epoch stands (a resume may
-start mid-epoch), the forward pass in the chosen precision, the global weighted loss, the update."""
+start mid-epoch), augmented in the loader or per batch (`--augment-device`), the forward pass in the
+chosen precision, the global weighted loss, the update."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 from tqdm import tqdm
 
 from training.distributed import GlobalWeightedLoss, Processes
-from training.loader import BadImages, EpochSampler, ImageDataset, make_loader
+from training.gpu_augment import BatchAugment, CropBatch
+from training.loader import BadImages, Batch, EpochSampler, make_loader
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -97,11 +99,34 @@ class EpochPlan:
     progress: bool
     precision: Precision
     loss_fn: GlobalWeightedLoss
+    augment: BatchAugment | None = None  # per-batch augmentation (the dataset yields crops), or in the loader
+
+
+def epoch_batches(
+    dataset: torch.utils.data.Dataset, plan: EpochPlan, epoch: int, start_step: int = 0
+) -> Iterator[tuple[Batch | CropBatch, torch.Tensor]]:
+    """This process's batches of epoch `epoch` from batch `start_step` on, each with the model's input on the
+    device: the loader's normalised images, or the crops augmented per batch by `plan.augment`."""
+    procs, device = plan.processes, plan.device
+    dataset.set_epoch(epoch)
+    start_image = start_step * plan.batch_size
+    sampler = EpochSampler(
+        len(dataset), seed=plan.seed, epoch=epoch, rank=procs.rank, world=procs.world, start=start_image
+    )
+    size = dataset.prep.size
+    for batch in make_loader(dataset, plan.batch_size, sampler, plan.workers, device):
+        if plan.augment is not None:
+            images = plan.augment(batch, device)
+        elif len(batch.labels):
+            images = batch.images.to(device, non_blocking=True)
+        else:
+            images = torch.zeros(0, 3, size, size, device=device)
+        yield batch, images
 
 
 def train_epoch(
     learner: Learner,
-    dataset: ImageDataset,
+    dataset: torch.utils.data.Dataset,
     plan: EpochPlan,
     epoch: int,
     start_step: int,
@@ -112,22 +137,14 @@ def train_epoch(
     """Train on epoch `epoch` from batch `start_step` on, adding to `sums`; call `on_step(step)` after each
     batch; return the ids of unreadable images seen for the first time."""
     procs, device = plan.processes, plan.device
-    dataset.set_epoch(epoch)
-    start_image = start_step * plan.batch_size
-    sampler = EpochSampler(
-        len(dataset), seed=plan.seed, epoch=epoch, rank=procs.rank, world=procs.world, start=start_image
-    )
-    loader = make_loader(dataset, plan.batch_size, sampler, plan.workers, device)
     learner.net.train()
     start, images_done, new_bad = time.perf_counter(), 0, []
     desc, show = f"epoch {epoch + 1}/{plan.epochs}", plan.progress and procs.is_main
     bar = tqdm(total=plan.steps, initial=start_step, desc=desc, unit="batch", disable=not show, leave=False)
-    for step, batch in enumerate(loader, start=start_step + 1):
+    for step, (batch, images) in enumerate(epoch_batches(dataset, plan, epoch, start_step), start=start_step + 1):
         new_bad += bad_images.add(dataset.split, batch.bad)
         n = len(batch.labels)
         if n or procs.world > 1:  # with DDP every process joins each step, even with no readable image
-            size = dataset.prep.size
-            images = (batch.images if n else torch.zeros(0, 3, size, size)).to(device, non_blocking=True)
             labels = batch.labels.to(device, non_blocking=True)
             with plan.precision.autocast():
                 logits = learner.net(images)

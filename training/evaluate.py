@@ -2,6 +2,9 @@
 the normalised confusion matrix PNG, predictions.csv and metrics.json, written to --out.
 
 The images go through galaxyvit.preprocess.eval_array, the same transform that export and serving use.
+With --tta 8 every crop is scored in its 8 rotated/flipped views (training/tta_eval.py): the figures
+and predictions are those of the mean probabilities, and tta.json records the accuracy of one view
+against eight.
 
   galaxyvit evaluate runs/linformer-010522/best.pt --data synthetic --limit 500 --out /tmp/eval
 """
@@ -9,6 +12,7 @@ The images go through galaxyvit.preprocess.eval_array, the same transform that e
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +24,13 @@ from tqdm import tqdm
 
 from galaxyvit.preprocess import Preprocessing
 from training.checkpoint import CheckpointError, model_from_checkpoint
-from training.data import Data, DataConfig, DataError, Split
+from training.data import Data, DataConfig, DataError, Split, add_data_arguments, data_config
 from training.loader import make_loader
 from training.metrics import RunMetrics, plot_confusion, summarize, write_predictions
 from training.prepared import dataset_for, load_training_data
 from training.registry import Run
 from training.study_comparison import write_study_comparison
+from training.tta_eval import TTA_CHOICES, tta_summary, view_probabilities
 
 
 @torch.no_grad()
@@ -40,8 +45,10 @@ def predict(
     indices: list[int] | None = None,
     progress: bool = True,
     desc: str = "eval",
+    tta: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Softmax probabilities of the readable images: (dataset indices, probs (N, K), unreadable indices).
+    With tta=8, probs is (N, 8, K): each of the 8 dihedral views (galaxyvit.tta.DIHEDRAL order).
 
     Always in fp32 (no autocast), whatever precision the model was trained in: validation accuracy
     chooses the best epoch, and the test figures must be what the fp32 ONNX export serves.
@@ -56,8 +63,11 @@ def predict(
         bad.extend(batch.bad)
         if not len(batch.labels):
             continue
-        logits = model(batch.images.to(device, non_blocking=True))
-        all_probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        images = batch.images.to(device, non_blocking=True)
+        if tta == 8:
+            all_probs.append(view_probabilities(model, images).cpu())
+        else:
+            all_probs.append(torch.softmax(model(images).float(), dim=1).cpu())
         all_idx.append(batch.indices)
     model.train(was_training)
     if not all_idx:
@@ -85,6 +95,7 @@ def report_split(
     progress: bool = True,
     split_name: str = "test",
     training: TrainingOutcome | None = None,
+    tta: int = 1,
 ) -> RunMetrics:
     """Evaluate a best.pt on one split; write confusion_matrix.png, predictions.csv and metrics.json.
 
@@ -98,8 +109,19 @@ def report_split(
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     model.to(device)
     idx, probs, bad = predict(
-        model, split, prep, device=device, batch_size=batch_size, workers=workers, progress=progress, desc=split_name
+        model,
+        split,
+        prep,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        desc=split_name,
+        tta=tta,
     )
+    view_probs = None
+    if probs.ndim == 3:  # tta: every figure below is that of the mean over the views
+        view_probs, probs = probs, probs.mean(axis=1)
     if bad:
         first = ", ".join(split.ids[i] for i in bad[:5])
         print(
@@ -141,49 +163,19 @@ def report_split(
         checkpoint=str(checkpoint),
     )
     metrics.save(out_dir / "metrics.json")
+    if view_probs is not None:
+        summary_tta = tta_summary(view_probs, np.asarray(y_true))
+        (out_dir / "tta.json").write_text(json.dumps(summary_tta, indent=2) + "\n")
+        print(
+            f"{tta}-view averaging on {split_name}: accuracy {100 * summary_tta['accuracy_1_view']:.2f}% (1 view) -> "
+            f"{100 * summary_tta['accuracy_8_views']:.2f}% ({tta} views), mean spread {summary_tta['mean_spread']:.3f}",
+            file=sys.stderr,
+        )
     if split_name == "test":
         comparison = write_study_comparison(out_dir, ids, y_true, y_pred, class_names=data.class_names)
         if comparison is not None:
             print(f"compared with the study's ViT-Base galaxy by galaxy: {comparison}", file=sys.stderr)
     return metrics
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument(
-        "--data", choices=("synthetic", "gz2", "folder"), default="synthetic", help="dataset kind (default: synthetic)"
-    )
-    g.add_argument("--dataset", help="dataset folder (split CSVs + images/); for synthetic: where to cache it")
-    g.add_argument("--images", help="gz2: folder with <galaxyID>.jpg (the study's packaged split files are used)")
-    g.add_argument("--splits", help="gz2: folder with other split files than the study's packaged ones")
-    g.add_argument(
-        "--split-pattern",
-        help="gz2/folder: split file names, {split} = train, valid, test (default: gz2_{split}.csv, else {split}.csv)",
-    )
-    g.add_argument("--classes", help="folder: class names file (JSON list or TOML classes = [...])")
-    g.add_argument("--limit", type=int, help="use at most N images of each split")
-    g.add_argument(
-        "--prepared",
-        default="auto",
-        help="prepared crops (galaxyvit prepare): auto (the default folder when current), off, or a folder",
-    )
-    g.add_argument("--synth-n", type=int, default=3000, help="synthetic: number of images (default 3000)")
-    g.add_argument("--synth-seed", type=int, default=0, help="synthetic: generator seed (default 0)")
-
-
-def data_config(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(
-        kind=args.data,
-        dataset=args.dataset,
-        splits=args.splits,
-        images=args.images,
-        classes=args.classes,
-        split_pattern=args.split_pattern,
-        limit=args.limit,
-        prepared=args.prepared,
-        synth_n=args.synth_n,
-        synth_seed=args.synth_seed,
-    )
 
 
 def evaluate_checkpoint(
@@ -195,6 +187,7 @@ def evaluate_checkpoint(
     workers: int = 0,
     split: str = "test",
     progress: bool = True,
+    tta: int = 1,
 ) -> RunMetrics:
     """Evaluate a best.pt on a split of the data; write the report files and metrics.json."""
     data = load_training_data(data_cfg, progress=progress)
@@ -208,6 +201,7 @@ def evaluate_checkpoint(
         workers=workers,
         progress=progress,
         split_name=split,
+        tta=tta,
     )
 
 
@@ -219,6 +213,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--tta",
+        type=int,
+        choices=TTA_CHOICES,
+        default=1,
+        help="views per image: 1, or 8 (rotations by 0/90/180/270 degrees, each also flipped; mean probabilities)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -232,12 +233,14 @@ def main(args: argparse.Namespace) -> int:
             workers=args.workers,
             split=args.split,
             progress=not args.no_progress,
+            tta=args.tta,
         )
     except (CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    views = " (mean of 8 views)" if args.tta == 8 else ""
     print(
-        f"{metrics.run_id} on {args.split}: accuracy {100 * metrics.test_acc:.2f}%, "
+        f"{metrics.run_id} on {args.split}{views}: accuracy {100 * metrics.test_acc:.2f}%, "
         f"macro recall {100 * metrics.macro_recall:.2f}%, macro F1 {100 * metrics.macro_f1:.2f}% -> {out}"
     )
     return 0

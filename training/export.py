@@ -3,17 +3,20 @@
   galaxyvit export runs/vit-110421/best.pt --variants fp32,int8 --valid-data data/synth
   galaxyvit export --best runs/ --name best
 
-Every variant is written to models/<name>/<variant>.onnx with <variant>.card.json beside it,
-then the folder is imported into the BentoML model store as `galaxyvit-<name>` (BENTOML_HOME).
+Every variant is written to models/<name>/<variant>.onnx with <variant>.card.json beside it, with
+the `explain` variant (explain.onnx: logits, embedding and attention maps) and, with --valid-data,
+the fitted temperature and not-a-galaxy rule (training/export_fit.py: <variant>.reliability.png,
+ood_gaussians.npz); then the folder is imported into the BentoML model store as `galaxyvit-<name>`.
+docs/export.md describes the files and every card field.
 
 Parity gate (training/export_gate.py): ONNX Runtime and PyTorch run the same inputs (random images,
 the real GZ2 samples in data/gz2_real_samples/images and, with --valid-data, up to --max-valid
-validation images sampled by class with a fixed seed). fp32 must agree to max |logit difference|
-<= 1e-4 with identical top-1 on every input, or the export fails and nothing is written or
-registered. int8 (dynamic quantisation, for CPU) and fp16 (for GPU), made by
-training/export_variants.py, record their logit drift and validation-accuracy change; one that
-loses more than 0.5 point of validation accuracy is refused (not written; the command exits 1).
-Without --valid-data only their drift is recorded.
+validation images sampled by class with a fixed seed). fp32 and explain must agree to max |logit
+difference| <= 1e-4 with identical top-1 on every input (and their other outputs to 1e-4 of each
+output's scale), or the export fails and nothing is written or registered. int8 (dynamic
+quantisation, for CPU) and fp16 (for GPU), made by training/export_variants.py, record their drift
+and validation-accuracy change; one that loses more than 0.5 point of validation accuracy is
+refused (not written; the command exits 1). Without --valid-data only their drift is recorded.
 """
 
 from __future__ import annotations
@@ -25,30 +28,49 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from galaxyvit.card import VARIANTS, ModelCard, load_card, load_verified, sha256_file
+from galaxyvit.card import VARIANTS, Artifact, ModelCard, load_card, load_verified, sha256_file
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import Preprocessing
 from galaxyvit.store import default_home, register_model
 from training.checkpoint import CheckpointError, model_from_checkpoint
+from training.export_best import choose_best
+from training.export_fit import (
+    DEFAULT_MAX_TRAIN,
+    DEFAULT_OOD_PER_KIND,
+    FitInputs,
+    artifact,
+    fit_artifacts,
+    fit_inputs,
+    fit_summary,
+)
 from training.export_gate import (
     DEFAULT_MAX_VALID,
+    EMBEDDING_NAME,
+    EXPLAIN_OUTPUTS,
     INPUT_NAME,
     OUTPUT_NAME,
     ExportError,
     accuracy,
     gate_inputs,
-    torch_logits,
+    torch_outputs,
     variant_gate,
 )
-from training.export_variants import OPSET, convert_fp16, export_onnx, quantize_int8
+from training.export_variants import (
+    EXPLAIN_FILE,
+    OPSET,
+    classifier_module,
+    convert_fp16,
+    export_onnx,
+    quantize_int8,
+    write_explain,
+)
 from training.metrics import MetricsError, RunMetrics
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
@@ -79,12 +101,16 @@ def export_checkpoint(
     samples_dir: str | Path | None = REAL_SAMPLE_IMAGES,
     max_valid: int = DEFAULT_MAX_VALID,
     quiet: bool = False,
+    explain: bool = True,
+    max_train: int = DEFAULT_MAX_TRAIN,
+    ood_per_kind: int = DEFAULT_OOD_PER_KIND,
 ) -> list[ModelCard]:
     """Export, gate, write models/<name>/ atomically and (optionally) register it; the cards, fp32 first.
 
-    fp32 failing its parity gate raises ExportError, and then out_root/<name> and the model store are
-    untouched. A quantised variant that loses more than 0.5 point of validation accuracy is refused
-    alone (a warning; it is neither written nor registered, and is absent from the returned cards).
+    fp32 (or explain) failing its parity gate raises ExportError, and then out_root/<name> and the model
+    store are untouched. A quantised variant that loses more than 0.5 point of validation accuracy is
+    refused alone (a warning; it is neither written nor registered, and is absent from the returned cards).
+    With validation images (valid_dir, max_valid > 0) every card also gets its calibration and OOD rule.
     """
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     variants = list(dict.fromkeys(["fp32", *variants]))  # fp32 is always exported: the others derive from it
@@ -112,8 +138,11 @@ def export_checkpoint(
         f"parity inputs: {inputs.kinds.count('random')} random, {inputs.kinds.count('real')} real samples, "
         f"{inputs.kinds.count('valid')} validation images"
     )
-    reference = torch_logits(model, inputs.images)
-    reference_acc = accuracy(reference[inputs.valid_rows], inputs.labels) if inputs.labels is not None else None
+    reference = torch_outputs(classifier_module(model), inputs.images)
+    reference_acc = accuracy(reference[0][inputs.valid_rows], inputs.labels) if inputs.labels is not None else None
+    fit: FitInputs | None = None
+    if inputs.labels is not None and len(inputs.labels) and valid_dir is not None:
+        fit = fit_inputs(model, prep, len(class_names), Path(valid_dir), max_train, ood_per_kind, say)
 
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -121,6 +150,12 @@ def export_checkpoint(
     cards: list[ModelCard] = []
     with tempfile.TemporaryDirectory(prefix=f".export-{name}-", dir=out_root) as tmp:
         tmp_dir = Path(tmp)
+        shared: dict[str, Artifact] = {}
+        explain_record = None
+        if explain:
+            explain_record = write_explain(model, tmp_dir, inputs, prep.size)
+            shared["explain"] = artifact(tmp_dir, EXPLAIN_FILE)
+            say(f"explain: {', '.join(EXPLAIN_OUTPUTS)} ({explain_record['map_method']}) passed parity")
         fp32_path = tmp_dir / "fp32.onnx"
         for variant in tqdm(variants, desc=f"export {name}", unit="variant", disable=quiet):
             path = tmp_dir / f"{variant}.onnx"
@@ -132,7 +167,7 @@ def export_checkpoint(
             else:
                 convert_fp16(fp32_path, path)
             try:
-                parity = variant_gate(variant, path, inputs, reference, reference_acc)
+                parity, outputs = variant_gate(variant, path, inputs, reference, reference_acc)
             except ExportError as exc:
                 if variant == "fp32":
                     raise  # nothing is written
@@ -148,6 +183,11 @@ def export_checkpoint(
                 + (f", valid acc {parity.onnx_valid_acc:.2%}" if parity.onnx_valid_acc is not None else "")
                 + f" ({parity.provider})"
             )
+            artifacts, calibration, ood = dict(shared), None, None
+            if fit is not None:
+                calibration, ood, own = fit_artifacts(path, outputs, inputs, fit, tmp_dir, variant, name)
+                artifacts.update(own)
+                say(f"{variant}: {fit_summary(calibration, ood)}")
             sha = sha256_file(path)
             if variant == "fp32":  # first in `variants`; every variant carries the fp32 file's version
                 version = f"{created:%Y%m%d-%H%M%S}-{sha[:8]}"
@@ -170,8 +210,13 @@ def export_checkpoint(
                 test_acc=metrics.test_acc if metrics else None,
                 per_class_acc=metrics.per_class_acc if metrics else None,
                 confusion_matrix=metrics.confusion_matrix if metrics else None,
-                parity=parity.to_dict(),
+                parity=parity.to_dict(),  # type: ignore[arg-type]
                 created=created.isoformat(),
+                embedding_name=EMBEDDING_NAME,
+                calibration=calibration,
+                ood=ood,
+                explain=explain_record,
+                artifacts=artifacts,
             )
             card.save(tmp_dir / f"{variant}.card.json")
             cards.append(load_card(tmp_dir / f"{variant}.card.json"))  # exactly what is on disk (JSON types)
@@ -194,74 +239,7 @@ def export_checkpoint(
     return cards
 
 
-# --------------------------------------------------------------------------- --best and the command line
-
-
-@dataclass
-class Candidate:
-    run_dir: Path
-    run_id: str
-    family: str
-    valid_acc: float | None
-    test_acc: float | None
-    has_checkpoint: bool
-
-
-def find_candidates(results_dir: str | Path) -> list[Candidate]:
-    """Every RESULTS_DIR/*/metrics.json, with whether a best.pt sits beside it."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise ExportError(f"results directory {results_dir} does not exist")
-    found = []
-    for metrics_path in sorted(results_dir.glob("*/metrics.json")):
-        try:
-            metrics = RunMetrics.load(metrics_path)
-        except MetricsError as exc:
-            print(f"warning: skipping {exc}", file=sys.stderr)
-            continue
-        found.append(
-            Candidate(
-                run_dir=metrics_path.parent,
-                run_id=metrics.run_id,
-                family=metrics.family,
-                valid_acc=metrics.valid_acc,
-                test_acc=metrics.test_acc,
-                has_checkpoint=(metrics_path.parent / "best.pt").is_file(),
-            )
-        )
-    return found
-
-
-def choose_best(results_dir: str | Path, out=None) -> Path:
-    """The best.pt of the run with the highest validation accuracy; prints the candidates and the reason."""
-    out = out or sys.stdout
-    candidates = find_candidates(results_dir)
-    usable = [c for c in candidates if c.has_checkpoint and c.valid_acc is not None]
-    if not usable:
-        raise ExportError(
-            f"no run in {results_dir} has both metrics.json with valid_acc and best.pt "
-            f"({len(candidates)} metrics.json found)"
-        )
-    best = max(usable, key=lambda c: (c.valid_acc, c.run_dir.name))
-
-    def pct(value) -> str:
-        return f"{value * 100:.2f}" if isinstance(value, int | float) else "-"
-
-    print("| run dir | run | family | valid acc % | test acc % | best.pt |", file=out)
-    print("|---|---|---|---:|---:|---|", file=out)
-    for c in sorted(candidates, key=lambda c: -(c.valid_acc or -1)):
-        mark = " **←**" if c is best else ""
-        print(
-            f"| {c.run_dir.name}{mark} | {c.run_id} | {c.family} | {pct(c.valid_acc)} | {pct(c.test_acc)} | "
-            f"{'yes' if c.has_checkpoint else 'missing'} |",
-            file=out,
-        )
-    print(
-        f"chose {best.run_dir / 'best.pt'}: highest validation accuracy ({pct(best.valid_acc)}%) of "
-        f"{len(usable)} run(s) with a checkpoint (the test split is not used to choose).",
-        file=out,
-    )
-    return best.run_dir / "best.pt"
+# --------------------------------------------------------------------------- the command line
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -301,6 +279,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=REAL_SAMPLE_IMAGES,
         help=f"real sample JPEGs for the gate (default {REAL_SAMPLE_IMAGES})",
     )
+    parser.add_argument(
+        "--max-train",
+        type=int,
+        default=DEFAULT_MAX_TRAIN,
+        help="with --valid-data: training images (class-stratified sample of DIR's train split) whose embeddings "
+        f"fit the Mahalanobis OOD score (default {DEFAULT_MAX_TRAIN}; 0: logit scores only)",
+    )
+    parser.add_argument(
+        "--ood-per-kind",
+        type=int,
+        default=DEFAULT_OOD_PER_KIND,
+        help=f"with --valid-data: non-galaxy images of each of 7 kinds that choose the OOD score "
+        f"(default {DEFAULT_OOD_PER_KIND}; 0: no OOD rule)",
+    )
+    parser.add_argument("--no-explain", action="store_true", help="do not export the explain variant")
     parser.add_argument("--no-register", action="store_true", help="do not import into the BentoML model store")
 
 
@@ -317,6 +310,9 @@ def main(args: argparse.Namespace) -> int:
             register=not args.no_register,
             samples_dir=args.samples,
             max_valid=args.max_valid,
+            explain=not args.no_explain,
+            max_train=args.max_train,
+            ood_per_kind=args.ood_per_kind,
         )
     except (ExportError, CheckpointError) as exc:
         print(f"export failed, nothing written or registered: {exc}", file=sys.stderr)

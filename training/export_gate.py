@@ -5,8 +5,11 @@ validation images are a sample stratified by class with a fixed seed (every clas
 the split), so a CSV sorted by class does not hand the gate one class only.
 
 fp32 must agree with PyTorch to max |logit difference| <= FP32_TOLERANCE with identical top-1 on
-every input. int8 and fp16 record their drift and validation-accuracy change; one that loses more
-than MAX_ACC_DROP of validation accuracy is refused.
+every input, and every other output (the embedding; the explain variant's maps) to max |difference|
+<= FP32_TOLERANCE times that output's largest |PyTorch value| (attention maps are ~1e-3, embeddings
+~1-10: one absolute limit would be too loose for one and too strict for the other). int8 and fp16
+record their drift and validation-accuracy change; one that loses more than MAX_ACC_DROP of
+validation accuracy is refused. The explain variant is gated like fp32 (`explain_gate`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import Preprocessing, eval_array
 from training.data import DataError, present_images, read_split_csv, split_file
 
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
+INPUT_NAME, OUTPUT_NAME, EMBEDDING_NAME = "images", "logits", "embedding"
+CLASSIFIER_OUTPUTS = (OUTPUT_NAME, EMBEDDING_NAME)  # every classifier variant, in this order
+EXPLAIN_OUTPUTS = (OUTPUT_NAME, EMBEDDING_NAME, "heads", "rollout")  # the explain variant
 FP32_TOLERANCE = 1e-4  # max |logit difference| between ONNX Runtime and PyTorch
 MAX_ACC_DROP = 0.005  # quantised variants: largest allowed validation-accuracy drop (0.5 point)
 N_RANDOM = 8  # random parity images
@@ -69,6 +74,8 @@ class ParityRecord:
     onnx_valid_acc: float | None
     valid_acc_change: float | None
     export_seconds: float | None = None
+    max_abs_embedding_diff: float | None = None
+    embedding_tolerance: float | None = None  # fp32's (scaled to the embedding's size); None for int8/fp16
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,12 +103,12 @@ def stratified_sample(labels: Sequence[int], limit: int, seed: int = VALID_SEED)
 
 
 def read_valid_split(
-    data_dir: Path, limit: int, num_classes: int, seed: int = VALID_SEED
+    data_dir: Path, limit: int, num_classes: int, seed: int = VALID_SEED, split: str = "valid"
 ) -> tuple[list[Path], list[int]]:
-    """A class-stratified sample of `limit` images of DIR/gz2_valid.csv (or valid.csv) found in DIR/images."""
+    """A class-stratified sample of `limit` images of DIR/gz2_<split>.csv (or <split>.csv) found in DIR/images."""
     data_dir = Path(data_dir)
     try:
-        csv_path = split_file(data_dir, "valid")
+        csv_path = split_file(data_dir, split)
         ids, labels = read_split_csv(csv_path, num_classes)
         present = present_images(data_dir / "images")
     except DataError as exc:
@@ -150,12 +157,14 @@ def gate_inputs(
 # --------------------------------------------------------------------------- running
 
 
-def torch_logits(model: nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    outs = []
+def torch_outputs(module: nn.Module, images: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+    """Every output of `module` (logits, or a tuple of outputs) on `images`, in batches, as float32 arrays."""
+    batches: list[tuple[torch.Tensor, ...]] = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            outs.append(model(torch.from_numpy(images[start : start + batch_size])).float().numpy())
-    return np.concatenate(outs)
+            out = module(torch.from_numpy(images[start : start + batch_size]))
+            batches.append(out if isinstance(out, tuple) else (out,))
+    return [torch.cat(parts).float().numpy() for parts in zip(*batches)]
 
 
 def ort_session(path: str | Path, threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
@@ -171,12 +180,20 @@ def ort_session(path: str | Path, threads: int | None = None, spinning: bool = T
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    outs = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + batch_size]})[0]
+def ort_outputs(
+    session: ort.InferenceSession, images: np.ndarray, names: Sequence[str], batch_size: int = 32
+) -> list[np.ndarray]:
+    """The named outputs of an ONNX model on `images`, in batches, as float32 arrays."""
+    batches = [
+        session.run(list(names), {INPUT_NAME: images[start : start + batch_size]})
         for start in range(0, len(images), batch_size)
     ]
-    return np.concatenate(outs).astype(np.float32)
+    return [np.concatenate(parts).astype(np.float32) for parts in zip(*batches)]
+
+
+def scaled_tolerance(reference: np.ndarray) -> float:
+    """The fp32 limit for an output other than the logits: FP32_TOLERANCE times its largest |value|."""
+    return FP32_TOLERANCE * max(float(np.abs(reference).max(initial=0.0)), float(np.finfo(np.float32).tiny))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -184,12 +201,14 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def variant_gate(
-    variant: str, path: Path, inputs: GateInputs, reference: np.ndarray, reference_acc: float | None
-) -> ParityRecord:
-    """Run a variant on the gate inputs and compare with the PyTorch logits; raise ExportError if it fails."""
+    variant: str, path: Path, inputs: GateInputs, reference: list[np.ndarray], reference_acc: float | None
+) -> tuple[ParityRecord, list[np.ndarray]]:
+    """Run a variant on the gate inputs and compare with the PyTorch (logits, embedding); raise ExportError
+    if it fails. Returns the record and the variant's own outputs (CLASSIFIER_OUTPUTS) on the inputs."""
     session = ort_session(path)
-    logits = ort_logits(session, inputs.images)
-    diff = np.abs(logits - reference)
+    outputs = ort_outputs(session, inputs.images, CLASSIFIER_OUTPUTS)
+    logits, embeddings = outputs
+    diff = np.abs(logits - reference[0])
     onnx_acc = accuracy(logits[inputs.valid_rows], inputs.labels) if inputs.labels is not None else None
     parity = ParityRecord(
         provider=session.get_providers()[0],
@@ -199,11 +218,13 @@ def variant_gate(
         n_valid=inputs.kinds.count("valid"),
         max_abs_logit_diff=float(diff.max()),
         mean_abs_logit_diff=float(diff.mean()),
-        top1_agreement=float((logits.argmax(1) == reference.argmax(1)).mean()),
+        top1_agreement=float((logits.argmax(1) == reference[0].argmax(1)).mean()),
         tolerance=FP32_TOLERANCE if variant == "fp32" else None,
         torch_valid_acc=reference_acc,
         onnx_valid_acc=onnx_acc,
         valid_acc_change=None if onnx_acc is None or reference_acc is None else onnx_acc - reference_acc,
+        max_abs_embedding_diff=float(np.abs(embeddings - reference[1]).max()),
+        embedding_tolerance=scaled_tolerance(reference[1]) if variant == "fp32" else None,
     )
     if variant == "fp32":
         if parity.max_abs_logit_diff > FP32_TOLERANCE or parity.top1_agreement < 1.0:
@@ -211,9 +232,35 @@ def variant_gate(
                 f"fp32 parity gate failed: max |Δlogit| = {parity.max_abs_logit_diff:.3g} "
                 f"(limit {FP32_TOLERANCE:g}), top-1 agreement {parity.top1_agreement:.2%} (must be 100%)"
             )
+        if parity.max_abs_embedding_diff > (parity.embedding_tolerance or 0.0):
+            raise ExportError(
+                f"fp32 parity gate failed: max |Δembedding| = {parity.max_abs_embedding_diff:.3g} "
+                f"(limit {parity.embedding_tolerance:.3g})"
+            )
     elif parity.valid_acc_change is not None and parity.valid_acc_change < -MAX_ACC_DROP:
         raise ExportError(
             f"{variant} refused: validation accuracy {parity.onnx_valid_acc:.2%} vs PyTorch {reference_acc:.2%} "
             f"(drop {-parity.valid_acc_change * 100:.2f} points > {MAX_ACC_DROP * 100:.1f})"
         )
-    return parity
+    return parity, outputs
+
+
+def explain_gate(path: Path, inputs: GateInputs, reference: list[np.ndarray]) -> dict:
+    """The explain variant against PyTorch (EXPLAIN_OUTPUTS), held to the fp32 limits; raise ExportError if it
+    fails. Returns its parity record: per output the largest difference and the limit it met."""
+    session = ort_session(path)
+    outputs = ort_outputs(session, inputs.images, EXPLAIN_OUTPUTS)
+    record: dict = {"provider": session.get_providers()[0], "n_inputs": len(inputs.images)}
+    record["top1_agreement"] = float((outputs[0].argmax(1) == reference[0].argmax(1)).mean())
+    failures = [] if record["top1_agreement"] == 1.0 else [f"top-1 agreement {record['top1_agreement']:.2%}"]
+    for name, got, want in zip(EXPLAIN_OUTPUTS, outputs, reference, strict=True):
+        if got.shape != want.shape:
+            raise ExportError(f"explain parity gate failed: {name} has shape {got.shape}, PyTorch {want.shape}")
+        limit = FP32_TOLERANCE if name == OUTPUT_NAME else scaled_tolerance(want)
+        worst = record[f"max_abs_{name}_diff"] = float(np.abs(got - want).max())
+        record[f"{name}_tolerance"] = limit
+        if worst > limit:
+            failures.append(f"{name}: max |Δ| {worst:.3g} (limit {limit:.3g})")
+    if failures:
+        raise ExportError(f"explain parity gate failed: {'; '.join(failures)}")
+    return record

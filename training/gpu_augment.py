@@ -16,13 +16,14 @@ The result is within one grey level of the Pillow path for the same parameters (
 Pillow's resize uses 22-bit fixed-point weights, so about 0.1% of the values differ by one; the rest,
 and every rotated pixel, are identical (`tests/test_gpu_augment.py` measures it).
 
-Trainer wiring: `DeviceAugmentDataset` + `collate_crops` in the DataLoader, then
-`augment_batch(batch.crops.to(device), batch.params, prep)` in place of `batch.images`.
+Trainer wiring (`--augment-device`, `batch_augment_for`): `DeviceAugmentDataset` (+ `collate_crops`) in the
+DataLoader, then `BatchAugment` turns each `CropBatch` into the model's input: "cuda" augments on the CUDA
+training device, "batch-cpu" runs the same batch path on the CPU (tests, measurements), "cpu" keeps the
+per-image Pillow path in the loader. The default is cuda when training on CUDA, cpu otherwise.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,9 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from galaxyvit.preprocess import Preprocessing, normalize
-from training.prepared import PreparedSplit
-from training.transforms import AugmentParams, draw_params, sample_rng
+from galaxyvit.preprocess import Preprocessing, center_crop, normalize
+from training.data import Split
+from training.loader import ImageDataset
+from training.prepared import PreparedError, PreparedSplit, dataset_for
+from training.transforms import AugmentParams, draw_params, fixed_point_rotation, sample_rng
 
 PARAM_FIELDS = ("angle", "hflip", "vflip", "left", "top", "width", "height")
 
@@ -47,30 +50,13 @@ def sample_params(seed: int, epoch: int, indices: Sequence[int], crop: int) -> t
     return params_tensor([draw_params(sample_rng(seed, epoch, i), crop, crop) for i in indices])
 
 
-def pillow_rotation_matrix(angle: float, width: int, height: int) -> tuple[float, ...]:
-    """(a, b, c, d, e, f) of `Image.rotate(angle)`: input (x, y) = (a X + b Y + c, d X + e Y + f) of output (X, Y)."""
-    angle = -math.radians(angle % 360.0)
-    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
-    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
-    cx, cy = width / 2, height / 2
-    return a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy
-
-
-def _fix(value: float) -> int:
-    """Pillow's 16.16 fixed-point conversion of a matrix coefficient: FLOOR(v * 65536 + 0.5)."""
-    return math.floor(value * 65536.0 + 0.5)
-
-
 def rotation_sources(angles: Sequence[float], width: int, height: int, device: torch.device) -> torch.Tensor:
     """(N, H*W) int64: the input pixel (y * W + x) that Pillow's nearest rotation copies to each output pixel, -1 for
     the black fill. Pillow maps output to input pixels in 16.16 fixed point, stepping the coefficients along each
     row; the same integer arithmetic here picks exactly its pixels (a float64 affine grid differs at ~0.1% of them)."""
     ys = torch.arange(height, device=device, dtype=torch.int64).view(1, height, 1)
     xs = torch.arange(width, device=device, dtype=torch.int64).view(1, 1, width)
-    coeffs = []
-    for angle in angles:
-        a, b, c, d, e, f = pillow_rotation_matrix(float(angle), width, height)
-        coeffs.append([_fix(a), _fix(b), _fix(c + a * 0.5 + b * 0.5), _fix(d), _fix(e), _fix(f + d * 0.5 + e * 0.5)])
+    coeffs = [fixed_point_rotation(float(angle), width, height) for angle in angles]
     k = torch.tensor(coeffs, dtype=torch.int64, device=device).view(-1, 6, 1, 1)
     x_in = (k[:, 2] + ys * k[:, 1] + xs * k[:, 0]) >> 16  # arithmetic shift: floor, as in C
     y_in = (k[:, 5] + ys * k[:, 4] + xs * k[:, 3]) >> 16
@@ -138,11 +124,19 @@ def augment_batch(crops: torch.Tensor, params: torch.Tensor, prep: Preprocessing
     return normalize_batch(augment_crops(crops, params, prep.size), prep)
 
 
-class DeviceAugmentDataset(torch.utils.data.Dataset):
-    """Training items for augmentation on the device: (uint8 crop (H, W, 3), label, index, parameters (7,))."""
+AUGMENT_DEVICES = ("cpu", "cuda", "batch-cpu")
 
-    def __init__(self, split: PreparedSplit, seed: int = 0):
-        self.split, self.seed, self.epoch = split, seed, 0
+
+class DeviceAugmentDataset(torch.utils.data.Dataset):
+    """Training items for augmentation per batch: (uint8 centre crop (crop, crop, 3) or None if unreadable, label,
+    index, parameters (7,)). A prepared split's crops, or for JPEGs the CPU path's decoding and centre crop."""
+
+    def __init__(self, split: Split, prep: Preprocessing | None = None, seed: int = 0):
+        prep = prep or Preprocessing()
+        if isinstance(split, PreparedSplit) and split.crop != prep.crop:
+            raise PreparedError(f"the prepared crops are {split.crop} pixels, the preprocessing crops {prep.crop}")
+        self.split, self.prep, self.seed, self.epoch = split, prep, seed, 0
+        self.reader = ImageDataset(split, prep)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -151,9 +145,17 @@ class DeviceAugmentDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int):
-        crop = torch.from_numpy(np.array(self.split.crops()[index]))
-        params = sample_params(self.seed, self.epoch, [index], self.split.crop)[0]
-        return crop, self.split.labels[index], index, params
+        if isinstance(self.split, PreparedSplit):
+            crop = np.array(self.split.crops()[index])
+        else:
+            image = self.reader.load(index)
+            crop = None if image is None else np.array(center_crop(image, self.prep.crop))
+        params = sample_params(self.seed, self.epoch, [index], self.prep.crop)[0]
+        return None if crop is None else torch.from_numpy(crop), self.split.labels[index], index, params
+
+    @property
+    def collate_fn(self):
+        return collate_crops
 
 
 @dataclass
@@ -162,13 +164,56 @@ class CropBatch:
     params: torch.Tensor  # (N, 7) float64
     labels: torch.Tensor
     indices: torch.Tensor
-    bad: list[int]  # always empty: a prepared dataset has no unreadable images
+    bad: list[int]  # dataset indices of unreadable images left out of this batch
 
     def pin_memory(self) -> CropBatch:
-        return CropBatch(self.crops.pin_memory(), self.params, self.labels.pin_memory(), self.indices.pin_memory(), [])
+        return CropBatch(
+            self.crops.pin_memory(), self.params, self.labels.pin_memory(), self.indices.pin_memory(), self.bad
+        )
 
 
 def collate_crops(items) -> CropBatch:
-    crops, labels, indices, params = zip(*items)
-    labels_t, indices_t = torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long)
-    return CropBatch(torch.stack(crops), torch.stack(params), labels_t, indices_t, [])
+    good = [item for item in items if item[0] is not None]
+    bad = [item[2] for item in items if item[0] is None]
+    crops = torch.stack([item[0] for item in good]) if good else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+    params = torch.stack([item[3] for item in good]) if good else torch.empty(0, 7, dtype=torch.float64)
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    indices = torch.tensor([item[2] for item in good], dtype=torch.long)
+    return CropBatch(crops, params, labels, indices, bad)
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """Turns a `CropBatch` into the model's input on `target`: augmented and normalised on `device`."""
+
+    prep: Preprocessing
+    device: torch.device
+
+    def __call__(self, batch: CropBatch, target: torch.device) -> torch.Tensor:
+        if not len(batch.labels):
+            return torch.zeros(0, 3, self.prep.size, self.prep.size, device=target)
+        crops = batch.crops.to(self.device, non_blocking=True)
+        return augment_batch(crops, batch.params, self.prep).to(target, non_blocking=True)
+
+
+def batch_augment_for(name: str | None, device: torch.device, prep: Preprocessing) -> BatchAugment | None:
+    """What `--augment-device NAME` means when training on `device`: None for "cpu" (per image, in the loader),
+    else the per-batch augmentation. NAME None: cuda when training on CUDA, else cpu."""
+    name = name or ("cuda" if device.type == "cuda" else "cpu")
+    if name not in AUGMENT_DEVICES:
+        raise ValueError(f"unknown augment device {name!r}: choose one of {', '.join(AUGMENT_DEVICES)}")
+    if name == "cuda" and device.type != "cuda":
+        raise ValueError(
+            f"--augment-device cuda needs a CUDA training device, not {device}: use cpu (per image, in the loader) "
+            "or batch-cpu (the per-batch augmentation run on the CPU)"
+        )
+    if name == "cpu":
+        return None
+    return BatchAugment(prep, device if name == "cuda" else torch.device("cpu"))
+
+
+def training_set(split: Split, prep: Preprocessing, seed: int, augment: BatchAugment | None):
+    """The training dataset: un-augmented crops for a per-batch augmentation, else the per-image path."""
+    if augment is not None:
+        return DeviceAugmentDataset(split, prep, seed=seed)
+    return dataset_for(split, prep, train=True, seed=seed)

@@ -1,25 +1,31 @@
 """Images for torch: the dataset that reads and transforms one split's JPEGs, the batches, the
 per-epoch sampler (deterministic and resumable), the DataLoader settings, and the bad-image report.
 
-Unreadable or truncated JPEGs are skipped when loaded; the trainer reports each bad id once.
+Items are the transformed uint8 images; the batch is normalised at once when it is collated
+(`normalize_images`: the values of `galaxyvit.preprocess.normalize` bit for bit, without a float32
+copy per image). Unreadable or truncated JPEGs are skipped when loaded; the trainer reports each
+bad id once.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
+import numpy as np
 import torch
 from PIL import Image
 
-from galaxyvit.preprocess import Preprocessing, eval_array
+from galaxyvit.preprocess import Preprocessing, center_crop, eval_crop
 from training.data import SHOW_IDS, Split
-from training.transforms import sample_rng, train_array
+from training.transforms import sample_rng, train_crop
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Items (image tensor or None if unreadable, label, index). Train mode augments with a per-sample generator."""
+    """Items ((size, size, 3) uint8 image, or None if unreadable; label; index); `collate_fn` normalises the batch.
+    Train mode augments with a per-sample generator."""
 
     def __init__(self, split: Split, prep: Preprocessing, train: bool = False, seed: int = 0):
         self.split = split
@@ -48,10 +54,14 @@ class ImageDataset(torch.utils.data.Dataset):
         if image is None:
             return None, label, index
         if self.train:
-            array = train_array(image, self.prep, sample_rng(self.seed, self.epoch, index))
+            array = train_crop(center_crop(image, self.prep.crop), self.prep, sample_rng(self.seed, self.epoch, index))
         else:
-            array = eval_array(image, self.prep)
-        return torch.from_numpy(array), label, index
+            array = eval_crop(image, self.prep)
+        return array, label, index
+
+    @property
+    def collate_fn(self) -> Callable[[list], Batch]:
+        return partial(collate, prep=self.prep)
 
 
 @dataclass
@@ -65,12 +75,25 @@ class Batch:
         return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices.pin_memory(), self.bad)
 
 
-def collate(items) -> Batch:
-    """Stack the readable items; remember the unreadable ones so the trainer can report them."""
+def normalize_images(images: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 ((v / 255) - mean) / std.
+
+    The same three float32 operations as `galaxyvit.preprocess.normalize`'s lookup table, each correctly
+    rounded, so the same bits (tested for every value), at a third of its cost on a batch.
+    """
+    out = np.empty((images.shape[0], 3, *images.shape[1:3]), np.float32)
+    np.divide(np.moveaxis(images, -1, 1), np.float32(255.0), out=out)  # uint8 -> float32 is exact
+    out -= np.asarray(prep.mean, np.float32)[:, None, None]
+    out /= np.asarray(prep.std, np.float32)[:, None, None]
+    return torch.from_numpy(out)
+
+
+def collate(items, prep: Preprocessing) -> Batch:
+    """Stack and normalise the readable items; remember the unreadable ones so the trainer can report them."""
     good = [item for item in items if item[0] is not None]
     bad = [item[2] for item in items if item[0] is None]
     if good:
-        images = torch.stack([item[0] for item in good])
+        images = normalize_images(np.stack([item[0] for item in good]), prep)
     else:
         images = torch.empty(0)
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
@@ -140,18 +163,19 @@ def worker_init(_: int) -> None:
 
 
 def make_loader(
-    dataset: ImageDataset,
+    dataset: torch.utils.data.Dataset,
     batch_size: int,
     sampler: Sequence[int] | torch.utils.data.Sampler[int],
     workers: int,
     device: torch.device,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over `sampler`'s indices; its iterator seeds come from a private generator, never the global RNG."""
+    """A DataLoader over `sampler`'s indices, batched by the dataset's `collate_fn`; its iterator seeds come from a
+    private generator, never the global RNG."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=collate,
+        collate_fn=dataset.collate_fn,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=worker_init if workers else None,

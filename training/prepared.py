@@ -10,7 +10,7 @@ Layout of OUT: `<split>.images.npy` (N, crop, crop, 3) uint8 (memory-mapped when
 `<split>.labels.npy` (N,) int64, `<split>.ids.txt`, and `manifest.json` (written last) with the
 sha256 of every array and of the source split files. Reading checks every checksum; a mismatch,
 a missing image or an unknown split is an error. `PreparedDataset` yields exactly what
-`training.data.ImageDataset` yields (same crops, same augmentation for the same seed, epoch, index).
+`training.loader.ImageDataset` yields (same crops, same augmentation for the same seed, epoch, index).
 """
 
 from __future__ import annotations
@@ -31,11 +31,22 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from galaxyvit.paths import GZ2_SPLITS
-from galaxyvit.preprocess import Preprocessing, center_crop, eval_array, normalize
-from training.data import SHOW_IDS, SPLITS, Data, DataConfig, DataError, Split, load_data, synthetic_dir
+from galaxyvit.preprocess import Preprocessing, center_crop, eval_crop
+from training.data import (
+    SHOW_IDS,
+    SPLITS,
+    Data,
+    DataConfig,
+    DataError,
+    Split,
+    add_data_arguments,
+    data_config,
+    load_data,
+    split_file,
+    synthetic_dir,
+)
 from training.loader import ImageDataset
-from training.transforms import sample_rng, train_array
+from training.transforms import sample_rng, train_crop
 
 FORMAT = "galaxyvit-prepared-v1"
 MANIFEST = "manifest.json"
@@ -59,7 +70,7 @@ def default_out(cfg: DataConfig) -> Path | None:
     """Where `prepare` writes (and training looks) when no --out is given: beside the dataset's images."""
     if cfg.kind == "synthetic":
         return synthetic_dir(cfg) / f"prepared-{CROP}"
-    if cfg.dataset and not cfg.splits:
+    if cfg.dataset and not cfg.splits and not (cfg.kind == "gz2" and cfg.images):
         return Path(cfg.dataset) / f"prepared-{CROP}"
     return None  # --splits/--images: the images may be read-only or shared, so --out is required
 
@@ -227,15 +238,24 @@ def prepared_data(folder: Path, *, limit: int | None = None, verify: bool = True
 
 
 def find_prepared(cfg: DataConfig) -> Path | None:
-    """The prepared folder of `cfg` at its default place, if there is one made from the same split files."""
+    """The prepared folder of `cfg` at its default place, if there is one made from the same kind of data, split
+    files (the ones `cfg` names, unchanged since) and image folder."""
     folder = default_out(cfg)
     if folder is None or not (folder / MANIFEST).is_file():
         return None
     manifest = read_manifest(folder)
-    if manifest["limit"] not in (None, cfg.limit):
+    if manifest["limit"] not in (None, cfg.limit) or manifest["kind"] != cfg.kind:
         return None
-    for entry in manifest["splits"].values():
+    root, pattern = folder.parent, cfg.split_pattern if cfg.kind != "synthetic" else None
+    images = (Path(cfg.images) if cfg.images else root / "images").resolve()
+    for name, entry in manifest["splits"].items():
         source = Path(entry["source_csv"])
+        try:
+            named = split_file(root, name, pattern).resolve()
+        except DataError:
+            return None
+        if source != named or Path(entry["images_dir"]) != images:
+            return None
         if not source.is_file() or sha256_file(source) != entry["source_csv_sha256"]:
             return None
     return folder
@@ -252,35 +272,25 @@ def load_training_data(cfg: DataConfig, *, quiet: bool = False, progress: bool =
     return prepared_data(folder, limit=cfg.limit)
 
 
-class PreparedDataset(torch.utils.data.Dataset):
-    """`ImageDataset` over a prepared split: the same items (image tensor, label, index), no JPEG decoding."""
+class PreparedDataset(ImageDataset):
+    """`ImageDataset` over a prepared split: the same items (uint8 image, label, index), no JPEG decoding."""
 
     def __init__(self, split: PreparedSplit, prep: Preprocessing, train: bool = False, seed: int = 0):
         if prep.crop != split.crop:
             raise PreparedError(
                 f"the prepared crops are {split.crop} pixels, the model's preprocessing crops {prep.crop}"
             )
-        self.split, self.prep, self.train, self.seed = split, prep, train, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def crop(self, index: int) -> np.ndarray:
-        return np.array(self.split.crops()[index])  # a copy: the map stays read-only
+        super().__init__(split, prep, train=train, seed=seed)
 
     def __getitem__(self, index: int):
-        crop, label = self.crop(index), self.split.labels[index]
-        if self.train:  # train_array's centre crop of an image already `crop` pixels square is the image itself
-            array = train_array(Image.fromarray(crop), self.prep, sample_rng(self.seed, self.epoch, index))
+        crop, label = self.split.crops()[index], self.split.labels[index]  # a view of the read-only map
+        if self.train:  # the centre crop of an image already `crop` pixels square is the image itself
+            array = train_crop(Image.fromarray(crop), self.prep, sample_rng(self.seed, self.epoch, index))
         elif self.prep.size == self.prep.crop:
-            array = normalize(crop, self.prep)  # = eval_array of the original image
+            array = crop  # = eval_crop of the original image; collate copies it into the batch
         else:
-            array = eval_array(Image.fromarray(crop), self.prep)
-        return torch.from_numpy(array), label, index
+            array = eval_crop(Image.fromarray(crop), self.prep)
+        return array, label, index
 
 
 def dataset_for(split: Split, prep: Preprocessing, train: bool = False, seed: int = 0) -> torch.utils.data.Dataset:
@@ -294,17 +304,7 @@ def dataset_for(split: Split, prep: Preprocessing, train: bool = False, seed: in
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", choices=("synthetic", "gz2", "folder"), default="synthetic", help="dataset kind")
-    g.add_argument("--dataset", help="dataset folder (split CSVs + images/); for synthetic: where it is cached")
-    g.add_argument(
-        "--splits", help=f"gz2: folder with gz2_{{train,valid,test}}.csv (default with --images: {GZ2_SPLITS})"
-    )
-    g.add_argument("--images", help="gz2: folder with <galaxyID>.jpg")
-    g.add_argument("--classes", help="folder: class names file (JSON list or TOML classes = [...])")
-    g.add_argument("--limit", type=int, help="prepare only the first N images of each split")
-    g.add_argument("--synth-n", type=int, default=3000, help="synthetic: number of images (3000)")
-    g.add_argument("--synth-seed", type=int, default=0, help="synthetic: generator seed (0)")
+    add_data_arguments(parser, prepared=False)
     parser.add_argument("--out", type=Path, help="output folder (default: <dataset>/prepared-224)")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (1)")
     parser.add_argument("--force", action="store_true", help="prepare again even if OUT is complete and current")
@@ -322,17 +322,7 @@ def is_current(folder: Path, cfg: DataConfig) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
-    splits = args.splits or (str(GZ2_SPLITS) if args.data == "gz2" and args.images and not args.dataset else None)
-    cfg = DataConfig(
-        kind=args.data,
-        dataset=args.dataset,
-        splits=splits,
-        images=args.images,
-        classes=args.classes,
-        limit=args.limit,
-        synth_n=args.synth_n,
-        synth_seed=args.synth_seed,
-    )
+    cfg = data_config(args)
     try:
         out = args.out or default_out(cfg)
         if out is not None and not args.force and is_current(out, cfg):

@@ -38,13 +38,15 @@ def export_random(
     valid_acc: float = 0.0,
     name: str | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
+    valid_dir: Path | None = None,
 ) -> Path:
     """Build `family` with random weights, save out/checkpoints/<family>/best.pt, export it into
     out/models/<family> and register it in the BentoML home `home`; the exported model folder.
 
     valid_acc is recorded in the checkpoint as its validation accuracy (the model is untrained:
     tests record a known value to follow it to the model card and /metrics). `name` (default the family)
-    names the exported model; `class_names` gives a scratch model a class list of its own (a user's classes)."""
+    names the exported model; `class_names` gives a scratch model a class list of its own (a user's classes).
+    With `valid_dir` (a dataset folder), the export also fits the temperature and the OOD rule on its images."""
     import torch
     from transformers import ViTConfig
 
@@ -70,7 +72,17 @@ def export_random(
     checkpoint = Path(out) / "checkpoints" / name / "best.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     save_model(checkpoint, model.eval(), run, epoch=0, valid_acc=valid_acc, class_names=class_names)
-    export_checkpoint(checkpoint, out_root=Path(out) / "models", name=name, quiet=True, max_valid=0, home=home)
+    export_checkpoint(
+        checkpoint,
+        out_root=Path(out) / "models",
+        name=name,
+        quiet=True,
+        valid_dir=valid_dir,
+        max_valid=64 if valid_dir else 0,
+        max_train=64,
+        ood_per_kind=4,
+        home=home,
+    )
     return Path(out) / "models" / name
 
 

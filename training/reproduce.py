@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 
 from galaxyvit.paths import GZ2_SPLITS
+from training.data import add_data_arguments, data_config, load_data
+from training.gpu_augment import AUGMENT_DEVICES
 from training.registry import FAMILIES, get_run, load_runs
 from training.reproduction import STATUS_FILE, read_json
 from training.run_queue import Job, Queue, run_local, run_ray
@@ -57,8 +59,10 @@ def data_options(args: argparse.Namespace) -> list[str]:
         ("--dataset", args.dataset),
         ("--splits", splits),
         ("--images", args.images),
+        ("--split-pattern", args.split_pattern),
         ("--classes", args.classes),
         ("--limit", args.limit),
+        ("--prepared", None if args.prepared == "auto" else args.prepared),
     ):
         if value is not None:
             options += [flag, str(value)]
@@ -67,22 +71,10 @@ def data_options(args: argparse.Namespace) -> list[str]:
     return options
 
 
-def check_data(args: argparse.Namespace, options: list[str]) -> str:
+def check_data(args: argparse.Namespace) -> str:
     """Read the data once before any child does (writing the synthetic cache); every listed image must be there.
     Returns the table's data label."""
-    from training.data import DataConfig, load_data
-
-    opt = dict(zip(options[::2], options[1::2]))
-    cfg = DataConfig(
-        kind=args.data,
-        dataset=opt.get("--dataset"),
-        splits=opt.get("--splits"),
-        images=opt.get("--images"),
-        classes=opt.get("--classes"),
-        limit=args.limit,
-        synth_n=args.synth_n,
-        synth_seed=args.synth_seed,
-    )
+    cfg = data_config(args)
     data = load_data(cfg, quiet=True)
     missing = [(name, galaxy_id) for name, split in data.splits.items() for galaxy_id in split.missing]
     if missing and not args.allow_missing:
@@ -114,6 +106,7 @@ def train_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         ("--lr", args.lr),
         ("--class-weights", args.class_weights),
         ("--weights", args.weights),
+        ("--augment-device", args.augment_device),
     ):
         if value is not None:
             options += [flag, str(value)]
@@ -151,15 +144,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--prepare", action="store_true", help="prepare the dataset's centre crops first (galaxyvit prepare)"
     )
-    d = parser.add_argument_group("data (passed to every run)")
-    d.add_argument("--data", choices=("synthetic", "gz2", "folder"), default="synthetic", help="dataset kind")
-    d.add_argument("--images", help=f"gz2: folder with <galaxyID>.jpg (splits: --splits, default {GZ2_SPLITS})")
-    d.add_argument("--splits", help="gz2: folder with gz2_{train,valid,test}.csv")
-    d.add_argument("--dataset", help="dataset folder (split CSVs + images/); synthetic: where it is cached")
-    d.add_argument("--classes", help="folder: class names file")
-    d.add_argument("--limit", type=int, help="use at most N images of each split")
-    d.add_argument("--synth-n", type=int, default=3000, help="synthetic: number of images (3000)")
-    d.add_argument("--synth-seed", type=int, default=0, help="synthetic: generator seed (0)")
+    add_data_arguments(parser, title="data (passed to every run)")
     t = parser.add_argument_group("training (passed to every run)")
     t.add_argument("--epochs", type=int, help="maximum epochs (default: the run's, 200)")
     t.add_argument("--patience", type=int, help="early-stopping patience (train's default: 10)")
@@ -170,6 +155,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--class-weights", help="override the runs' class weights")
     t.add_argument("--weights", help="vitbase backbone: hub id or local folder")
     t.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms")
+    t.add_argument(
+        "--augment-device", choices=AUGMENT_DEVICES, help="cpu, cuda or batch-cpu (train's default: by device)"
+    )
     t.add_argument("--threads", type=int, help="torch threads per run")
     t.add_argument("--workers", type=int, help="DataLoader workers per run")
     t.add_argument("--checkpoint-every", dest="every", type=int, help="last.pt every N steps (train's default 500)")
@@ -183,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
         run_ids = select_runs(args.runs, args.family)
         options, resources = train_options(args)
         data = data_options(args)
-        label = check_data(args, data)
+        label = check_data(args)
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Train a study run by id with the study's protocol: Adam, StepLR per epoch, weighted cross-entropy,
 early stopping on validation accuracy (patience 10, at most the run's 200 epochs), best weights kept,
-fp32 throughout (--precision bf16/fp16 trains faster on GPUs; validation and test stay fp32).
+fp32 throughout (--precision bf16/fp16 trains faster on GPUs; validation and test stay fp32). On CUDA
+the training batches are augmented on the GPU (--augment-device cuda, training/gpu_augment.py).
 
   galaxyvit train linformer-010522 --epochs 5                   # synthetic galaxies (written once, cached)
   galaxyvit train vit-110421 --data gz2 --images JPEGS          # the study's GZ2 split files are packaged
@@ -29,7 +30,7 @@ from torch import nn
 from galaxyvit.preprocess import Preprocessing
 from training import class_weights as cw
 from training.checkpoint import CheckpointError, save_model
-from training.data import Data, DataConfig, Split
+from training.data import Data, DataConfig, Split, add_data_arguments, data_config
 from training.distributed import (
     GlobalWeightedLoss,
     default_workers,
@@ -38,12 +39,12 @@ from training.distributed import (
     setup_distributed,
 )
 from training.epoch import PRECISIONS, EpochPlan, EpochSums, Learner, Precision, steps_per_epoch, train_epoch
-from training.evaluate import TrainingOutcome, add_data_arguments, data_config, predict, report_split
+from training.evaluate import TrainingOutcome, predict, report_split
 from training.families import family
+from training.gpu_augment import AUGMENT_DEVICES, batch_augment_for, training_set
 from training.loader import BadImages
 from training.metrics import RunMetrics, append_results
 from training.models import build_model
-from training.prepared import dataset_for
 from training.registry import Run, get_run, parse_overrides
 from training.resume import load_last, save_last, seed_everything
 from training.run_log import EpochRecord, RunLog, announce_run, epoch_record
@@ -150,6 +151,7 @@ class TrainOptions:
     weights: str | None = None  # vitbase: hub id or local save_pretrained folder
     progress: bool = True
     precision: str = "fp32"  # of the training forward pass: fp32, bf16 or fp16
+    augment_device: str | None = None  # cpu, cuda or batch-cpu (training/gpu_augment.py); default by device
 
 
 def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> Path:
@@ -166,6 +168,7 @@ def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> P
     data = load_data_once(data_cfg, procs, opts.progress)
     train_split, valid_split = data.splits["train"], data.splits["valid"]
     prep = family(run.family).preprocessing(run)
+    augment = batch_augment_for(opts.augment_device, dev, prep)
     loss_weights = cw.resolve(run.class_weights, train_split.label_counts(data.num_classes), data.class_names)
     class_w = torch.tensor(loss_weights, dtype=torch.float32, device=dev)
 
@@ -183,10 +186,12 @@ def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> P
     if procs.is_main:
         announce_run(run, data, dev, procs, opts.precision, loss_weights)
 
-    train_set = dataset_for(train_split, prep, train=True, seed=opts.seed)
+    train_set = training_set(train_split, prep, opts.seed, augment)
     steps = steps_per_epoch(len(train_split), batch_size, procs)
     loss_fn = GlobalWeightedLoss(class_w, procs)
-    plan = EpochPlan(run.epochs, steps, batch_size, opts.seed, procs, dev, workers, opts.progress, amp, loss_fn)
+    plan = EpochPlan(
+        run.epochs, steps, batch_size, opts.seed, procs, dev, workers, opts.progress, amp, loss_fn, augment
+    )
     bad_images = BadImages()
 
     def on_step(step: int) -> None:  # mid-epoch checkpoints: a killed run loses at most checkpoint_every steps
@@ -283,6 +288,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="training forward pass: fp32 (the study's, default), bf16 or fp16 (CUDA) autocast; "
         "validation and test are always fp32",
     )
+    g.add_argument(
+        "--augment-device",
+        choices=AUGMENT_DEVICES,
+        help="where training images are augmented: cpu (per image, Pillow, in the loader), cuda (per batch on the "
+        "GPU) or batch-cpu (the per-batch path on the CPU, for tests); default cuda when training on CUDA, else cpu",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation (0)")
     g.add_argument("--workers", type=int, help="DataLoader worker processes (default: by device and cores)")
     g.add_argument("--threads", type=int, help="torch CPU threads per process (default: cores / local processes)")
@@ -315,6 +326,7 @@ def main(args: argparse.Namespace) -> int:
             weights=args.weights,
             progress=not args.no_progress,
             precision=args.precision,
+            augment_device=args.augment_device,
         )
         train(run, data_config(args), opts)
     except (KeyError, ValueError, CheckpointError) as exc:  # DataError is a ValueError

@@ -8,6 +8,11 @@ Randomness comes from an explicit `numpy.random.Generator`, so the trainer can d
 (seed, epoch, sample index): the augmentation of every image is reproducible, independent of
 DataLoader workers, and identical after a resume. The evaluation transform is
 `galaxyvit.preprocess.eval_array` (shared with export and serving), re-exported here.
+
+`augment` does the rotation and both flips in one Pillow pass (`Image.transform` with Pillow's own
+16.16 fixed-point rotation coefficients, the flips folded in by integer arithmetic): pixel for pixel
+`augment_stepwise`, the rotate / transpose / transpose / resize calls of the study's pipeline
+(`tests/test_transforms.py` compares them), at one image copy instead of three.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from galaxyvit.preprocess import Preprocessing, center_crop, eval_array, normali
 __all__ = [
     "AugmentParams",
     "augment",
+    "augment_stepwise",
     "draw_params",
     "eval_array",
     "random_resized_crop_box",
     "sample_rng",
     "train_array",
+    "train_crop",
 ]
 
 MAX_ROTATION = 90.0
@@ -87,8 +94,51 @@ def draw_params(rng: np.random.Generator, width: int, height: int) -> AugmentPar
     return AugmentParams(angle, hflip, vflip, random_resized_crop_box(width, height, rng))
 
 
-def augment(crop: Image.Image, params: AugmentParams, size: int) -> Image.Image:
-    """Rotate (nearest, black fill: torchvision's defaults), flip, then crop the box and resize it (bilinear)."""
+def pillow_rotation_matrix(angle: float, width: int, height: int) -> tuple[float, ...]:
+    """(a, b, c, d, e, f) of `Image.rotate(angle)`: input (x, y) = (a X + b Y + c, d X + e Y + f) of output (X, Y)."""
+    angle = -math.radians(angle % 360.0)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+    cx, cy = width / 2, height / 2
+    return a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy
+
+
+def _fix(value: float) -> int:
+    """Pillow's 16.16 fixed-point conversion of a matrix coefficient: FLOOR(v * 65536 + 0.5)."""
+    return math.floor(value * 65536.0 + 0.5)
+
+
+def fixed_point_rotation(angle: float, width: int, height: int) -> tuple[int, int, int, int, int, int]:
+    """Pillow's nearest affine map of `rotate(angle)` in 16.16 fixed point, (ax, ay, ac, bx, by, bc): output pixel
+    (X, Y) copies input pixel ((ac + X ax + Y ay) >> 16, (bc + X bx + Y by) >> 16), black when outside."""
+    a, b, c, d, e, f = pillow_rotation_matrix(angle, width, height)
+    return _fix(a), _fix(b), _fix(c + a * 0.5 + b * 0.5), _fix(d), _fix(e), _fix(f + d * 0.5 + e * 0.5)
+
+
+def rotate_flip_matrix(params: AugmentParams, width: int, height: int) -> tuple[float, ...] | None:
+    """An affine matrix for `Image.transform` that rotates as `rotate(angle)` does, then flips, pixel for pixel.
+
+    A flip maps output X to W - 1 - X, so it folds into the fixed-point coefficients exactly; each
+    coefficient is then a multiple of 2**-16 (exact in a double), which Pillow converts back to the
+    same integers. None where Pillow's rotate takes another path: multiples of 90 degrees (copies and
+    transposes) and angles whose sine is below 2**-17 (Pillow would take its scaling path).
+    """
+    if params.angle % 90.0 == 0:
+        return None
+    ax, ay, ac, bx, by, bc = fixed_point_rotation(params.angle, width, height)
+    if params.hflip:
+        ac, ax, bc, bx = ac + (width - 1) * ax, -ax, bc + (width - 1) * bx, -bx
+    if params.vflip:
+        ac, ay, bc, by = ac + (height - 1) * ay, -ay, bc + (height - 1) * by, -by
+    if ay == 0 and bx == 0:
+        return None
+    s = 1.0 / 65536.0  # Pillow takes FIX(c + a / 2 + b / 2) for the offsets
+    return ax * s, ay * s, ac * s - ax * s * 0.5 - ay * s * 0.5, bx * s, by * s, bc * s - bx * s * 0.5 - by * s * 0.5
+
+
+def augment_stepwise(crop: Image.Image, params: AugmentParams, size: int) -> Image.Image:
+    """The study's steps one Pillow call each: rotate (nearest, black fill: torchvision's defaults), flip, then crop
+    the box and resize it (bilinear). The reference that `augment` equals."""
     image = crop.rotate(params.angle, resample=Image.NEAREST, fillcolor=(0, 0, 0))
     if params.hflip:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
@@ -98,9 +148,24 @@ def augment(crop: Image.Image, params: AugmentParams, size: int) -> Image.Image:
     return image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
 
 
+def augment(crop: Image.Image, params: AugmentParams, size: int) -> Image.Image:
+    """Rotate and flip in one pass, then crop the box and resize it (bilinear): `augment_stepwise`'s pixels."""
+    matrix = rotate_flip_matrix(params, crop.width, crop.height)
+    if matrix is None:
+        return augment_stepwise(crop, params, size)
+    image = crop.transform(crop.size, Image.AFFINE, matrix, Image.NEAREST, fillcolor=(0, 0, 0))
+    left, top, w, h = params.box
+    return image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def train_crop(crop: Image.Image, prep: Preprocessing, rng: np.random.Generator) -> np.ndarray:
+    """The augmented (size, size, 3) uint8 image of an RGB centre crop (already `prep.crop` pixels square)."""
+    return np.asarray(augment(crop, draw_params(rng, crop.width, crop.height), prep.size))
+
+
 def train_image(image: Image.Image, prep: Preprocessing, rng: np.random.Generator) -> Image.Image:
-    """The augmented RGB crop (before normalisation), `prep.size` pixels square."""
-    crop = center_crop(image.convert("RGB"), prep.crop)
+    """The augmented RGB crop of a whole image (before normalisation), `prep.size` pixels square."""
+    crop = center_crop(image if image.mode == "RGB" else image.convert("RGB"), prep.crop)
     return augment(crop, draw_params(rng, crop.width, crop.height), prep.size)
 
 
