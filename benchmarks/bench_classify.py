@@ -2,6 +2,7 @@
 
   python benchmarks/bench_classify.py                        # vit-110421 and linformer-010522B, 1536 / 6144 images
   python benchmarks/bench_classify.py --models linformer-010522B --images 2048 --skip http
+  python benchmarks/bench_classify.py --repeats 5 --skip ray,http   # local vs raw only, 5 times, medians
   python benchmarks/bench_classify.py --rss                  # peak RSS at 10,000 and 200,000 rows (tiny model)
 
 Models are random-initialised at their study run's size (speed does not depend on the weights),
@@ -15,23 +16,27 @@ each process (where the time goes):
   ray     the same job on a local Ray instance with the machine's cores (ray.init(num_cpus=cores));
   http    the service (`galaxyvit serve`, one API and one inference worker) on a free loopback port,
           4 client threads posting 16-image multipart requests of the same files.
+The machine may be shared: raw and local are measured `--repeats` times as raw, local, raw (raw with
+nothing else of ours running, its mean compared with the local run between), with the 1-minute load
+average before each; a local run faster than its raw (> 100%: the load changed under it) is invalid
+and measured again. The table gives the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from catalog.job import classify_catalogue, cores  # noqa: E402
 from galaxyvit.preprocess import eval_batch  # noqa: E402
+from serving.client import multipart  # noqa: E402
+from serving.process import free_port  # noqa: E402
 from serving.runtime import load_model  # noqa: E402
 
 FAMILY = {"vit-110421": "vit", "linformer-010522B": "linformer"}  # training/random_models.py builds these sizes
@@ -127,11 +134,8 @@ def bench_local(catalogue: Path, model_dir: Path, out: Path, batch_size: int, ro
         force=True, progress=False,
     )  # fmt: skip
     f = summary.facts
-    cpu = {
-        "main (ORT, rows, shards)": 1000 * f["main_cpu_s"] / rows,
-        "decode processes": 1000 * f["decode_cpu_s"] / rows,
-    }
-    detail = f"main waited {f['wait_decode_s']:.1f} s for decoding, {f['infer_s']:.1f} s in normalise+ORT, "
+    cpu = {"main (ORT, rows, shards)": 1000 * f["main_cpu_s"] / rows, "decode process": 1000 * f["decode_cpu_s"] / rows}
+    detail = f"main waited {f['wait_decode_s']:.1f} s for decoding, {f['infer_s']:.1f} s in ORT, "
     detail += f"{f['write_s']:.1f} s rows+shards, of {f['wall_s']:.1f} s; {f['decode_workers']} decode process(es); "
     steady = (rows - f["batch_size"]) / (f["wall_s"] - f["first_batch_s"])
     detail += f"start-up to the first batch {f['first_batch_s']:.1f} s, {steady:.1f} images/s after it"
@@ -139,15 +143,9 @@ def bench_local(catalogue: Path, model_dir: Path, out: Path, batch_size: int, ro
 
 
 def ray_role(command: str) -> str:
-    if "decode_stage" in command:
-        return "ray decode tasks"
-    if "Classifier" in command:
-        return "ray inference actor"
-    if "raylet" in command or "gcs_server" in command or "dashboard" in command or "log_monitor" in command:
-        return "ray services"
-    if "bench_classify" in command:
-        return "driver"
-    return "ray other workers"
+    roles = {"decode_stage": "ray decode tasks", "Classifier": "ray inference actor", "bench_classify": "driver"}
+    roles.update(dict.fromkeys(("raylet", "gcs_server", "dashboard", "log_monitor"), "ray services"))
+    return next((role for key, role in roles.items() if key in command), "ray other workers")
 
 
 def bench_ray(catalogue: Path, model_dir: Path, out: Path, batch_size: int, rows: int) -> dict:
@@ -167,25 +165,8 @@ def bench_ray(catalogue: Path, model_dir: Path, out: Path, batch_size: int, rows
     finally:
         ray.shutdown()
     detail = f"pipeline {summary.seconds:.1f} s of {wall:.1f} s (driver: planning, starting the actor, manifest)"
-    return {
-        "images_per_s": rows / summary.seconds,
-        "cpu_ms": {k: 1000 * v / rows for k, v in sorted(spent.items())},
-        "detail": detail,
-    }
-
-
-def multipart(files: list[Path], model: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for path in files:
-        body.write(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{path.name}"\r\n'.encode()
-        )
-        body.write(b"Content-Type: image/jpeg\r\n\r\n" + path.read_bytes() + b"\r\n")
-    body.write(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n--{boundary}--\r\n'.encode()
-    )
-    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
+    cpu = {k: 1000 * v / rows for k, v in sorted(spent.items())}
+    return {"images_per_s": rows / summary.seconds, "cpu_ms": cpu, "detail": detail}
 
 
 def http_role(command: str) -> str:
@@ -224,14 +205,6 @@ def bench_http(home: Path, name: str, files: list[Path], rows: int) -> dict:
     finally:
         stop_server(server)
     return {"images_per_s": answered / wall, "cpu_ms": {k: 1000 * v / answered for k, v in sorted(spent.items())}}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, body: tuple[bytes, str]) -> int:
@@ -276,18 +249,52 @@ def rss_check(work: Path) -> None:
     print("| rows | seconds | peak RSS main (MiB) | peak RSS all processes (MiB) |\n|---|---|---|---|")
     for rows in (10_000, 200_000):
         catalogue = write_catalogue(work, rows, size=64)
-        command = [
-            str(Path(sys.executable).with_name("galaxyvit")),
-            "classify",
-            str(catalogue),
-            "--onnx",
-            str(onnx),
-            "--id-col",
-        ]
-        command += ["objid", "--out", str(work / f"rss-{rows}"), "--force", "--no-progress", "--device", "cpu"]
+        command = [str(Path(sys.executable).with_name("galaxyvit")), "classify", str(catalogue), "--onnx", str(onnx)]
+        command += ["--id-col", "objid", "--out", str(work / f"rss-{rows}"), "--force", "--no-progress"]
+        command += ["--device", "cpu"]
         start = time.perf_counter()
         main_mib, tree_mib = peak_rss(command)
         print(f"| {rows:,} | {time.perf_counter() - start:.0f} | {main_mib:.0f} | {tree_mib:.0f} |", flush=True)
+
+
+def measured(engines: dict, raw, repeats: int) -> dict:
+    """raw, then each of `engines` (name -> a function measuring it), then raw again, `repeats` times; a run whose
+    local result is above its raw (> 100%: the load changed under it) is invalid and measured again (at most
+    twice). Each engine's median images/s, CPU ms and ratios to raw and to local over the runs."""
+    runs: list[dict] = []
+    for repeat in range(repeats):
+        for _attempt in range(3):
+            load = os.getloadavg()[0]
+            before = raw()
+            run = {name: measure() for name, measure in engines.items()}
+            after = raw()
+            run["raw"] = {
+                "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+                "cpu_ms": {k: (before["cpu_ms"][k] + after["cpu_ms"][k]) / 2 for k in before["cpu_ms"]},
+            }
+            for result in run.values():
+                result["vs_raw"] = result["images_per_s"] / run["raw"]["images_per_s"]
+                result["vs_local"] = result["images_per_s"] / run["local"]["images_per_s"]
+            line = (
+                f"  run {repeat + 1}: load {load:.1f}, raw {before['images_per_s']:.1f} and {after['images_per_s']:.1f}"
+            )
+            line += "".join(f", {k} {v['images_per_s']:.1f} ({v['vs_raw']:.0%})" for k, v in run.items() if k != "raw")
+            valid = run["local"]["vs_raw"] <= 1
+            print(line + (" images/s" if valid else ": invalid (local above raw), measuring again"), flush=True)
+            if valid:
+                break
+        runs.append({**run, "load": load})
+    results = {}
+    for name in ["raw", *engines]:
+        cpu = {k: statistics.median(r[name]["cpu_ms"][k] for r in runs) for k in runs[0][name]["cpu_ms"]}
+        results[name] = {
+            key: statistics.median(r[name][key] for r in runs) for key in ("images_per_s", "vs_raw", "vs_local")
+        }
+        results[name]["cpu_ms"] = cpu
+    loads = ", ".join(f"{r['load']:.1f}" for r in runs)
+    results["raw"]["detail"] = f"medians of {len(runs)} runs (1-minute load average before each: {loads})"
+    results["local"]["detail"] = runs[-1]["local"]["detail"] + " (last run)"
+    return results
 
 
 def main() -> int:
@@ -295,6 +302,7 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(FAMILY), help="study runs (vit-110421, linformer-010522B)")
     parser.add_argument("--images", type=int, default=0, help="catalogue rows (default 1536 vit, 6144 linformer)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="raw, local, raw measurements (medians reported)")
     parser.add_argument("--skip", default="", help="comma-separated engines to skip: ray, http")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "galaxyvit-bench-classify")
     parser.add_argument("--rss", action="store_true", help="only the memory check at 10,000 and 200,000 rows")
@@ -312,30 +320,20 @@ def main() -> int:
         model_dir = args.work / "models" / FAMILY[run]
         catalogue = write_catalogue(args.work, rows)
         files = sorted((args.work / "cutouts-424").glob("*.jpg"))
-        # raw before and after the local engine: on a shared machine the load of other jobs drifts
-        before = bench_raw(model_dir, files, args.batch_size, rows)
-        results = {
-            "raw": before,
-            "local": bench_local(catalogue, model_dir, args.work / "out-local", args.batch_size, rows),
-        }
-        after = bench_raw(model_dir, files, args.batch_size, rows)
-        results["raw"] = {
-            "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
-            "cpu_ms": {k: (before["cpu_ms"][k] + after["cpu_ms"][k]) / 2 for k in before["cpu_ms"]},
-            "detail": f"mean of {before['images_per_s']:.1f} (before local) and {after['images_per_s']:.1f} (after)",
-        }
-        if "ray" not in skip:
-            results["ray"] = bench_ray(catalogue, model_dir, args.work / "out-ray", args.batch_size, rows)
+        local = partial(bench_local, catalogue, model_dir, args.work / "out-local", args.batch_size, rows)
+        ray = partial(bench_ray, catalogue, model_dir, args.work / "out-ray", args.batch_size, rows)
+        engines = {"local": local} if "ray" in skip else {"local": local, "ray": ray}
+        results = measured(engines, partial(bench_raw, model_dir, files, args.batch_size, rows), args.repeats)
         if "http" not in skip:
             results["http"] = bench_http(home, FAMILY[run], files, rows)
-        raw = results["raw"]["images_per_s"]
-        local = results["local"]["images_per_s"]
+            for ratio, base in (("vs_raw", "raw"), ("vs_local", "local")):
+                results["http"][ratio] = results["http"]["images_per_s"] / results[base]["images_per_s"]
         print(f"\n{run}, {rows} images, batch size {args.batch_size}")
         print("| engine | images/s | vs raw | vs local | CPU ms per image, by process |\n|---|---|---|---|---|")
         for engine, result in results.items():
             speed = result["images_per_s"]
-            cpu = ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms"].items())
-            print(f"| {engine} | {speed:.1f} | {speed / raw:.0%} | {speed / local:.0%} | {cpu} |")
+            cpu = ", ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms"].items())
+            print(f"| {engine} | {speed:.1f} | {result['vs_raw']:.0%} | {result['vs_local']:.0%} | {cpu} |")
         for engine, result in results.items():
             if "detail" in result:
                 print(f"- {engine}: {result['detail']}")

@@ -1,28 +1,35 @@
 """The local engine: decode in a pool of processes, batched ONNX Runtime inference in this one, overlapped.
 
-  catalogue chunks -> batches of `batch_size` rows -> decode processes (read, decode, crop; uint8)
-                   -> this process: normalise into one float32 batch, one ORT call, rows -> shard writer
+  catalogue chunks -> batches of `batch_size` rows -> decode processes (read, decode, crop, normalise)
+                   -> float32 batches in shared memory -> this process: one ORT call on the batch in place,
+                      rows -> shard writer
 
 At most `window` batches are in flight (submitted, decoding or decoded and waiting), and results are
 taken in submission order, so memory stays bounded however long the catalogue is, and rows come out in
 input order. While ONNX Runtime runs a batch (its threads release the GIL) the decode processes
-work on the next ones.
+work on the next ones. The pixels never pass through a pipe: each batch is written by a decode
+process into one of `window + 1` shared-memory blocks and read there by ONNX Runtime, so this process
+(whose ONNX Runtime threads are the bottleneck on a small machine) neither unpickles nor normalises.
+Where shared memory is short (a container's small /dev/shm) the uint8 crops travel pickled instead.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from catalog.decode import DecodedBatch, decode_files
+from catalog.decode import DecodedBatch, DecodedInto, decode_files, decode_into, decode_into_shared, open_blocks
 from catalog.shards import ShardWriter
 from catalog.table import ModelInfo, prediction_table
 from galaxyvit.preprocess import Preprocessing, normalize
@@ -87,6 +94,40 @@ class _Inline:
         pass
 
 
+def shared_memory_free() -> int:
+    """Bytes free for shared memory (POSIX shared memory lives in /dev/shm on Linux; elsewhere no such limit)."""
+    return shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 1 << 62
+
+
+class Batches:
+    """`count` float32 input batches of `shape`, in shared memory when `shared` (written by the decode processes,
+    read in place by ONNX Runtime), else in this process."""
+
+    def __init__(self, count: int, shape: tuple[int, ...], shared: bool) -> None:
+        nbytes = int(np.prod(shape)) * 4
+        self.memory = [SharedMemory(create=True, size=nbytes) for _ in range(count)] if shared else []
+        buffers = [memory.buf for memory in self.memory] or [None] * count
+        self.arrays = [np.ndarray(shape, np.float32, buffer=buffer) for buffer in buffers]
+        self.names = [memory.name for memory in self.memory]
+        self.linked = bool(self.memory)
+
+    def unlink(self) -> None:
+        """Remove the names (every process that maps the blocks keeps them until it exits)."""
+        if self.linked:
+            for memory in self.memory:
+                memory.unlink()
+            self.linked = False
+
+    def close(self) -> None:
+        self.unlink()
+        self.arrays.clear()
+        for memory in self.memory:
+            try:
+                memory.close()
+            except BufferError:  # a view of it is still alive: the mapping goes when that does
+                pass
+
+
 def run_local(
     tables: Iterator[pa.Table],
     open_session: Callable[[], Any],
@@ -103,41 +144,74 @@ def run_local(
     (serving.runtime.LoadedModel); it is opened while the decode processes start and decode the first batches."""
     stats = LocalStats()
     start, cpu_start = time.perf_counter(), time.process_time()
-    if decode_workers > 0:
-        # spawn: the workers start clean (no copy of ONNX Runtime's threads or of a parent's locks)
-        pool = ProcessPoolExecutor(decode_workers, mp_context=multiprocessing.get_context("spawn"))
+    window = 2 * max(1, decode_workers) + 1
+    shape = (batch_size, 3, prep.size, prep.size)
+    # one block more than the window: the batch being classified keeps its block while the next is decoded
+    shared = decode_workers > 0 and shared_memory_free() > 2 * (window + 1) * int(np.prod(shape)) * 4
+    blocks = Batches(window + 1, shape, shared)
+    # spawn: the workers start clean (no copy of ONNX Runtime's threads or of a parent's locks)
+    context = multiprocessing.get_context("spawn")
+    attached, ready = 0, context.SimpleQueue()  # decode processes that have mapped the blocks
+    if shared:
+        initializer = dict(initializer=open_blocks, initargs=(blocks.names, shape, ready))
+        pool: Any = ProcessPoolExecutor(decode_workers, mp_context=context, **initializer)
+    elif decode_workers > 0:
+        pool = ProcessPoolExecutor(decode_workers, mp_context=context)
     else:
         pool = _Inline()
-    window = 2 * max(1, decode_workers) + 1
-    buffer = np.empty((batch_size, 3, prep.size, prep.size), np.float32)
     work = batches(tables, batch_size)
-    in_flight: deque[tuple[pa.Table, Future]] = deque()
+    in_flight: deque[tuple[pa.Table, np.ndarray, Future]] = deque()
+    submitted = 0
 
     def submit() -> None:
+        nonlocal submitted
         table = next(work, None)
-        if table is not None:
-            paths = table.column("path").to_pylist()
-            in_flight.append((table, pool.submit(decode_files, paths, prep, max_pixels)))
+        if table is None:
+            return
+        paths = table.column("path").to_pylist()
+        block = submitted % len(blocks.arrays)
+        if shared:
+            future = pool.submit(decode_into_shared, blocks.names[block], paths, prep, max_pixels)
+        elif decode_workers > 0:  # shared memory is short: the uint8 crops come back pickled
+            future = pool.submit(decode_files, paths, prep, max_pixels)
+        else:
+            future = pool.submit(decode_into, paths, prep, max_pixels, blocks.arrays[block])
+        in_flight.append((table, blocks.arrays[block], future))
+        submitted += 1
 
     try:
+        # the first batch is decoded here while the decode processes start (imports: most of a second)
+        first = next(work, None) if decode_workers > 0 else None
         for _ in range(window):
             submit()
         session = open_session()
+        if first is not None:
+            own = np.empty(shape, np.float32)
+            paths = first.column("path").to_pylist()
+            in_flight.appendleft((first, own, _Inline().submit(decode_into, paths, prep, max_pixels, own)))
         stats.provider = session.provider
         stats.threads = session.session.get_session_options().intra_op_num_threads
+        batch: np.ndarray | None = None
         while in_flight:
-            table, future = in_flight.popleft()
+            table, batch, future = in_flight.popleft()
             t0 = time.perf_counter()
-            decoded: DecodedBatch = future.result()
+            decoded: DecodedInto | DecodedBatch = future.result()
             stats.wait_decode_s += time.perf_counter() - t0
+            while blocks.linked and not ready.empty():
+                ready.get()
+                attached += 1
+                if attached == decode_workers:
+                    blocks.unlink()
             submit()
-            stats.decode_cpu[decoded.pid] = decoded.cpu_s
+            if decoded.pid != os.getpid():  # not the first batch, decoded here
+                stats.decode_cpu[decoded.pid] = decoded.cpu_s
             t0 = time.perf_counter()
-            k = len(decoded.crops)
+            k = int(decoded.ok.sum())
             probs = np.zeros((0, len(info.class_names)), np.float32)
             if k:
-                normalize(decoded.crops, prep, out=buffer[:k])
-                probs = session.predict(buffer[:k])
+                if isinstance(decoded, DecodedBatch):
+                    normalize(decoded.crops, prep, out=batch[:k])
+                probs = session.predict(batch[:k])
             t1 = time.perf_counter()
             writer.add(prediction_table(table, probs, decoded.ok, decoded.errors, info, schema))
             stats.infer_s += t1 - t0
@@ -148,7 +222,10 @@ def run_local(
             if progress is not None:
                 progress.update(table.num_rows)
     finally:
-        pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)  # waits for the running decodes: nothing writes the blocks after it
+        in_flight.clear()
+        batch = None  # the last view of a block, so that it can be unmapped
+        blocks.close()
     stats.wall_s = time.perf_counter() - start
     stats.main_cpu_s = time.process_time() - cpu_start
     return stats

@@ -37,13 +37,30 @@ def decode_stage(
     """Catalogue rows -> source rows (id, path, passthrough) + the crop bytes, error_kind and error of each."""
     table = source.to_source(batch) if source is not None else batch.cast(schema)
     decoded = decode_files(table.column("path").to_pylist(), prep, max_pixels)
-    crops: list[bytes | None] = [None] * table.num_rows
-    for crop, row in zip(decoded.crops, np.flatnonzero(decoded.ok)):
-        crops[row] = crop.tobytes()
     errors = decoded.errors
-    table = table.append_column(CROP, pa.array(crops, pa.large_binary()))
+    table = table.append_column(CROP, crop_column(decoded.crops, decoded.ok))
     table = table.append_column("error_kind", pa.array([e[0] if e else None for e in errors], pa.string()))
     return table.append_column("error", pa.array([e[1] if e else None for e in errors], pa.string()))
+
+
+def crop_column(crops: np.ndarray, ok: np.ndarray) -> pa.Array:
+    """The crops of the rows where `ok` as one large_binary column (null elsewhere), on the crops' own memory."""
+    lengths = np.where(ok, crops[0].nbytes if len(crops) else 0, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    validity = pa.py_buffer(np.packbits(ok, bitorder="little"))
+    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(crops))]
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ok), buffers, null_count=int((~ok).sum()))
+
+
+def crops_of(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    """The non-null crops of a `crop_column` (after Ray moved it) as one (k, *shape) uint8 array, no copy per row."""
+    values = column.drop_null().combine_chunks()
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset : values.offset + len(values) + 1]
+    nbytes = int(np.prod(shape))
+    if offsets[-1] - offsets[0] != len(values) * nbytes:
+        raise ValueError(f"crops of {np.diff(offsets)} bytes, expected {nbytes} each")
+    data = np.frombuffer(values.buffers()[2], np.uint8, count=len(values) * nbytes, offset=int(offsets[0]))
+    return data.reshape(len(values), *shape)
 
 
 class Classifier:
@@ -67,9 +84,11 @@ class Classifier:
         k = int(ok.sum())
         probs = np.zeros((0, len(self.info.class_names)), np.float32)
         if k:
-            data = np.frombuffer(b"".join(column.drop_null().to_pylist()), np.uint8)
-            crops = data.reshape(k, prep.size, prep.size, 3)
-            probs = self.session.predict(normalize(crops, prep))
+            crops = crops_of(column, (prep.size, prep.size, 3))
+            inputs = np.empty((k, 3, prep.size, prep.size), np.float32)
+            for i in range(k):  # one image at a time: cache-friendly, faster than the whole batch
+                normalize(crops[i], prep, out=inputs[i])
+            probs = self.session.predict(inputs)
         kinds, messages = batch.column("error_kind").to_pylist(), batch.column("error").to_pylist()
         errors = [(kind, message) if kind else None for kind, message in zip(kinds, messages)]
         source = batch.select(self.source_names)

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from serving.errors import ServiceError
+from serving.jpeg import decode_jpeg
 
 PIL_FORMATS = ("JPEG", "PNG", "TIFF", "GIF", "BMP", "WEBP")
 RAW_CONTENT_TYPES = {
@@ -79,6 +80,9 @@ def decode_image(
         raise ServiceError("empty_body", 400, "empty image: the upload has no bytes")
     if data[: len(FITS_MAGIC)] == FITS_MAGIC:
         return Image.fromarray(fits_to_rgb(data, max_pixels, max_decoded_bytes, crop))
+    if (rgb := decode_jpeg(data, max_pixels, max_decoded_bytes)) is not None:  # serving/jpeg.py; else Pillow below
+        left, top, right, bottom = centre_window(rgb.shape[1], rgb.shape[0], crop or max(rgb.shape))
+        return Image.fromarray(rgb[top:bottom, left:right])
     try:
         image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except Image.DecompressionBombError as exc:

@@ -92,6 +92,25 @@ def test_catalogue_gives_one_row_per_input_with_predictions_or_error_kinds(catal
     assert f"{len(BAD_ROWS)} errors" in summary.line() and "images/s" in summary.line()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_decoding_route_gives_the_same_table(catalogue, vit_onnx, tmp_path, monkeypatch, workers):
+    """Shared-memory batches (the default), crops pickled back where shared memory is short, decoding in this
+    process: the same rows; two decode processes keep the input order."""
+    import catalog.local
+
+    path, _ = catalogue
+    reference = read_output_of(classify(path, tmp_path / "shared", vit_onnx, decode_workers=workers, batch_size=3))
+    monkeypatch.setattr(catalog.local, "shared_memory_free", lambda: 0)
+    pickled = read_output_of(classify(path, tmp_path / "pickled", vit_onnx, decode_workers=max(1, workers)))
+    assert pickled.drop_columns(PROB_COLUMNS).equals(reference.drop_columns(PROB_COLUMNS))
+    for column in PROB_COLUMNS:
+        np.testing.assert_allclose(pickled.column(column).to_numpy(False), reference.column(column).to_numpy(False))
+
+
+def read_output_of(summary) -> pa.Table:
+    return read_output(summary.out)
+
+
 def test_folders_globs_and_files_with_csv_output(catalogue, vit_onnx, tmp_path):
     path, _ = catalogue
     cutouts = path.parent / "cutouts"
