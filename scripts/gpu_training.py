@@ -41,7 +41,7 @@ from training.distributed import default_workers  # noqa: E402
 from training.epoch import Precision  # noqa: E402
 from training.families import family  # noqa: E402
 from training.gpu_augment import DeviceAugmentDataset, augment_batch, sample_params  # noqa: E402
-from training.loader import EpochSampler, ImageDataset, worker_init  # noqa: E402
+from training.loader import EpochSampler, ImageDataset, make_loader  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.prepared import PreparedDataset, default_out, prepare, prepared_data  # noqa: E402
 from training.registry import get_run, load_runs  # noqa: E402
@@ -56,15 +56,7 @@ def sync(device: torch.device) -> None:
 
 def loader_rate(dataset, batch: int, workers: int, order: list[int], device: torch.device) -> float:
     """Images/s after the first batch (worker start-up is paid once per epoch: nothing at 100,000 images)."""
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch,
-        sampler=order,
-        collate_fn=dataset.collate_fn,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=worker_init if workers else None,
-    )
+    loader = make_loader(dataset, batch, order, workers, device)
     if len(order) < 2 * batch:
         raise SystemExit(f"{len(order)} images are fewer than two batches of {batch}: a larger --sample")
     batches = iter(loader)
