@@ -10,7 +10,7 @@ exported and registered exactly as `galaxyvit export` does (training/random_mode
 process, so no torch here). The catalogue is a CSV of N rows naming 424x424 synthetic JPEG
 cutouts (a pool of 64 files, repeated). For every engine: images/s, and CPU seconds per image of
 each process (where the time goes):
-  raw     one ONNX Runtime session (serving.runtime.load_model, the service's settings) fed
+  raw     one ONNX Runtime session (inference.runtime.load_model, the service's settings) fed
           preprocessed batches of `--batch-size` in a loop: no reading, decoding or writing;
   local   `classify_catalogue` in this process: decode processes + this process (ORT, rows, shards);
   ray     the same job on a local Ray instance with the machine's cores (ray.init(num_cpus=cores));
@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 from catalog.job import classify_catalogue, cores  # noqa: E402
 from galaxyvit.preprocess import eval_batch  # noqa: E402
+from inference.runtime import load_model  # noqa: E402
 from serving.client import multipart  # noqa: E402
 from serving.process import free_port  # noqa: E402
-from serving.runtime import load_model  # noqa: E402
 
 FAMILY = {"vit-110421": "vit", "linformer-010522B": "linformer"}  # training/random_models.py builds these sizes
 DEFAULT_IMAGES = {"vit-110421": 1536, "linformer-010522B": 6144}

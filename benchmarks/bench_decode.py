@@ -1,4 +1,4 @@
-"""JPEG decoding for the catalogue and the service: Pillow vs libjpeg-turbo straight into numpy (serving/jpeg.py).
+"""JPEG decoding for the catalogue and the service: Pillow vs libjpeg-turbo straight into numpy (inference/jpeg.py).
 
   python benchmarks/bench_decode.py                 # the real sample cutouts and synthetic 424x424 cutouts
   python benchmarks/bench_decode.py --repeat 400 --rounds 7
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from catalog.decode import center_crop_array  # noqa: E402
 from galaxyvit.paths import REAL_SAMPLE_IMAGES  # noqa: E402
 from galaxyvit.preprocess import Preprocessing, eval_crop  # noqa: E402
-from serving.decode import to_rgb  # noqa: E402
-from serving.jpeg import decode_jpeg  # noqa: E402
+from inference.decode import to_rgb  # noqa: E402
+from inference.jpeg import decode_jpeg  # noqa: E402
 
 MAX_PIXELS = 10_000_000
 

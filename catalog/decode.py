@@ -1,6 +1,6 @@
 """Read and decode image files into evaluation crops, in the decode processes (local engine) or Ray tasks.
 
-Decoding is serving's: JPEGs through libjpeg-turbo straight into an array (`serving.jpeg.decode_jpeg`,
+Decoding is serving's: JPEGs through libjpeg-turbo straight into an array (`inference.jpeg.decode_jpeg`,
 the same pixels as Pillow), everything else and every JPEG it declines through `decode_image` (JPEG,
 PNG, TIFF, FITS, ...: one implementation for the service and the catalogue), followed by the
 evaluation crop of `galaxyvit.preprocess` (done on the array for JPEGs, the same pixels).
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from galaxyvit.preprocess import Preprocessing, eval_crop, normalize
-from serving.decode import decode_image
-from serving.jpeg import decode_jpeg
+from inference.decode import decode_image
+from inference.jpeg import decode_jpeg
 
 
 @dataclass

@@ -15,12 +15,12 @@ from catalog.inputs import ArgumentError, open_source
 from catalog.model import open_session, resolve_model
 from catalog.shards import ShardWriter, prepare_output
 from catalog.table import output_schema
-from serving.config import ServingConfig
+from inference.decode import MAX_PIXELS
 
 FORMATS = ("parquet", "csv")
 ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 50_000
-DEFAULT_MAX_PIXELS = ServingConfig().max_pixels  # the service's own limit per image
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # the service's own limit per image
 
 
 def cores() -> int:

@@ -141,7 +141,7 @@ def run_local(
     progress=None,
 ) -> LocalStats:
     """Classify every row of `tables` into `writer` with the session `open_session()` returns
-    (serving.runtime.LoadedModel); it is opened while the decode processes start and decode the first batches."""
+    (inference.runtime.LoadedModel); it is opened while the decode processes start and decode the first batches."""
     stats = LocalStats()
     start, cpu_start = time.perf_counter(), time.process_time()
     window = 2 * max(1, decode_workers) + 1

@@ -64,7 +64,7 @@ def resolve_model(
 
 
 def open_session(ref: ModelRef, device: str, threads: int = 0):
-    """The ONNX Runtime session of `ref` (serving.runtime.LoadedModel); `.provider` is the one ORT really uses."""
-    from serving.runtime import load_model
+    """The ONNX Runtime session of `ref` (inference.runtime.LoadedModel); `.provider` is the one ORT really uses."""
+    from inference.runtime import load_model
 
     return load_model(ref.name, ref.model_dir, ref.variant, device, threads)

@@ -1,6 +1,6 @@
 """The yardstick: the served ONNX model run in-process by ONNX Runtime, no HTTP, no decoding.
 
-The session is opened by serving.runtime.load_model, the very code the service's inference worker
+The session is opened by inference.runtime.load_model, the very code the service's inference worker
 uses (same sha256-verified file, provider choice, thread settings), and fed batches of the load
 test's own images, preprocessed once with the evaluation transform. Its images/s at the batch
 size the service formed is what the service could reach if HTTP, decoding, preprocessing and
@@ -46,7 +46,7 @@ class Engine:
     ) -> None:
         from PIL import Image
 
-        from serving.runtime import load_model
+        from inference.runtime import load_model
 
         self.model = load_model(name, model_dir, variant, device, threads, spinning)
         self.threads = threads

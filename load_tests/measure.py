@@ -130,8 +130,8 @@ def run_point(
 
 def engine_settings(args: argparse.Namespace) -> tuple[int, str, str, bool]:
     """(intra-op threads, variant, device, spinning) of the service's inference worker: options, then GALAXYVIT_*."""
+    from inference.runtime import default_threads
     from serving.config import load_config
-    from serving.runtime import default_threads
 
     config = load_config()
     workers = args.inference_workers or config.inference_workers

@@ -16,6 +16,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from inference.decode import MAX_DECODED_BYTES, MAX_PIXELS
+
 ENV_PREFIX = "GALAXYVIT_"
 CONFIG_ENV = "GALAXYVIT_SERVING_CONFIG"
 
@@ -70,7 +72,7 @@ class ServingConfig:
         default=10 * 1024 * 1024, metadata={"help": "whole request body (10 MiB), refused from Content-Length"}
     )
     max_pixels: int = field(
-        default=4096 * 4096, metadata={"help": "pixels per image, checked before decoding (decompression bombs)"}
+        default=MAX_PIXELS, metadata={"help": "pixels per image, checked before decoding (decompression bombs)"}
     )
     max_images: int = field(
         default=16,
@@ -95,7 +97,7 @@ class ServingConfig:
         },
     )
     max_decoded_bytes: int = field(
-        default=256 * 1024 * 1024,
+        default=MAX_DECODED_BYTES,
         metadata={
             "help": "decoded size of one image (pixels x planes x bytes per sample, 256 MiB), checked from its "
             "header before decoding; larger is 413 `too_large`"
@@ -120,7 +122,7 @@ class ServingConfig:
         default=1024, metadata={"help": "bytes/s an upload must average after its first `body_timeout_s` seconds"}
     )
     upload_buffer_bytes: int = field(
-        default=256 * 1024 * 1024,
+        default=MAX_DECODED_BYTES,
         metadata={
             "help": "request-body bytes one API worker holds while they are still arriving (256 MiB); a chunk "
             "beyond is 429 `overloaded`. At least `max_upload_bytes`"

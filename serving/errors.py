@@ -1,7 +1,8 @@
 """The service's one error type and its JSON answer: {"error": message, "kind": kind, "status": code}.
 
 Everything the service refuses (bad uploads, unknown models or request ids, overload) is raised as a
-`ServiceError` and answered by `error_response`, which also counts it in the `galaxyvit_errors` metric.
+`ServiceError` (inference/errors.py) and answered by `error_response`, which also counts it in the
+`galaxyvit_errors` metric.
 """
 
 from __future__ import annotations
@@ -9,17 +10,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from inference.errors import ServiceError
 
-class ServiceError(ValueError):
-    """A request the service does not serve: a short machine-readable kind, the HTTP status, a message."""
-
-    def __init__(self, kind: str, status: int, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-
-    def to_dict(self) -> dict[str, str | int]:
-        return {"error": str(self), "kind": self.kind, "status": self.status}
+__all__ = ["ServiceError", "error_response", "starlette_error"]
 
 
 def error_response(error: ServiceError, retry_after_s: int | None = None, close: bool = False) -> JSONResponse:

@@ -7,7 +7,7 @@ adaptive batcher gathers the items of concurrent requests (up to `max_batch_size
 `max_latency_ms`) and `Inference.infer` runs each batch grouped per model (and explain variant). The
 crops travel as uint8 (a quarter of the float32 bytes between the processes) and are normalised here,
 straight into the batch (`galaxyvit.preprocess.normalize`, the offline evaluation code). Each item's
-answer is scored here too (serving/scoring.py): probabilities, calibrated unless `calibrate` is off,
+answer is scored here too (inference/scoring.py): probabilities, calibrated unless `calibrate` is off,
 and the not-a-galaxy score and flag.
 """
 
@@ -22,17 +22,17 @@ import numpy as np
 
 from galaxyvit.preprocess import normalize
 from galaxyvit.store import tag
+from inference.scoring import Scorer
 from serving.bentoml_patches import hold_sigterm_while_api_workers_run
 from serving.catalog import Catalog
 from serving.config import ServingConfig
 from serving.errors import ServiceError
 from serving.metrics import get_metrics
 from serving.readiness import mark_ready
-from serving.scoring import Scorer
 
 if TYPE_CHECKING:
-    from serving.explain import ExplainModel
-    from serving.runtime import LoadedModel
+    from inference.explain import ExplainModel
+    from inference.runtime import LoadedModel
 
 logger = logging.getLogger("galaxyvit.serving")
 
@@ -44,8 +44,8 @@ class Inference:
     """The served models loaded in ONNX Runtime (verified, warmed up): one process's inference."""
 
     def __init__(self, catalog: Catalog, config: ServingConfig) -> None:
-        from serving.explain import load_explain
-        from serving.runtime import default_threads, load_model  # ONNX Runtime: only in inference processes
+        from inference.explain import load_explain
+        from inference.runtime import default_threads, load_model  # ONNX Runtime: only in inference processes
 
         threads = config.intra_op_threads or default_threads(config.inference_workers)
         self.metrics = get_metrics()
@@ -71,7 +71,7 @@ class Inference:
             )
 
     def infer(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One scored answer per item (serving/scoring.py; explain items add `rollout`), in item order;
+        """One scored answer per item (inference/scoring.py; explain items add `rollout`), in item order;
         items of several models, and explain items, are grouped."""
         start = time.time()
         out: list[dict[str, Any]] = [{}] * len(items)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from inference.decode import RAW_CONTENT_TYPES
 from serving.catalog import Catalog
 from serving.config import ServingConfig
-from serving.decode import RAW_CONTENT_TYPES
 
 ERROR = {
     "type": "object",

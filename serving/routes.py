@@ -29,19 +29,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from galaxyvit.card import ModelCard
+from galaxyvit.overlay import overlay_png
+from inference.decode import check_content_type
+from inference.explain import has_explain
+from inference.scoring import combine_views, view_crops
 from serving.admission import CLIENT_CLOSED, client_disconnected
 from serving.auth import KEY_ID
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
-from serving.decode import check_content_type
 from serving.decode_pool import DecodePool
 from serving.errors import ServiceError, error_response, starlette_error
-from serving.explain import has_explain
 from serving.inference import InferenceClient
 from serving.metrics import get_metrics
 from serving.openapi import build_openapi
-from serving.overlay import overlay_png
-from serving.scoring import combine_views, view_crops
 from serving.store import FeedbackExists, OtherOwner, PredictionStore, UnknownRequest
 from serving.uploads import check_image_count, decode_crop, parse_format, parse_tta, read_body
 
@@ -109,7 +109,7 @@ class Handlers:
     async def record(
         self, model: ServedModel, answers: list[dict[str, Any]], owner: str | None, tta: int = 1
     ) -> list[dict[str, Any]]:
-        """Store and format scored answers (serving/scoring.py): one result per image."""
+        """Store and format scored answers (inference/scoring.py): one result per image."""
         classes = model.classes
         results, rows = [], []
         for answer in answers:

@@ -8,8 +8,8 @@ from starlette.requests import Request
 
 from galaxyvit.preprocess import Preprocessing, eval_crop
 from galaxyvit.tta import N_VIEWS
+from inference.decode import decode_image
 from serving.config import ServingConfig
-from serving.decode import decode_image
 from serving.errors import ServiceError
 
 TTA_CHOICES = (1, N_VIEWS)

@@ -29,8 +29,8 @@ from galaxyvit.card import card_path, load_card
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.preprocess import eval_batch
 from galaxyvit.store import stored_model_dir
-from serving.decode import decode_image
-from serving.runtime import load_model
+from inference.decode import decode_image
+from inference.runtime import load_model
 
 PROB_COLUMNS = [class_column(name) for name in CLASS_NAMES]
 

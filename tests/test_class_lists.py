@@ -19,8 +19,8 @@ from serving_fixtures import metric
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_batch
+from inference.runtime import load_model
 from serving.process import ServerProcess
-from serving.runtime import load_model
 
 REAL = sorted(REAL_SAMPLE_IMAGES.glob("*.jpg"))
 

@@ -1,4 +1,4 @@
-"""serving/decode.py: formats, modes, FITS scaling and the limits that turn bad uploads into 4xx errors."""
+"""inference/decode.py: formats, modes, FITS scaling and the limits that turn bad uploads into 4xx errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
-from serving.decode import check_content_type, decode_image, lupton_stretch
+from inference.decode import check_content_type, decode_image, lupton_stretch
 from serving.errors import ServiceError
 
 LIMIT = 1000 * 1000

@@ -1,4 +1,4 @@
-"""Decoding within a memory budget (serving/decode.py) and the bounded decode threads (serving/decode_pool.py).
+"""Decoding within a memory budget (inference/decode.py) and the bounded decode threads (serving/decode_pool.py).
 
 The early crop must not change what a model sees from Pillow formats (the evaluation crop of the window
 equals that of the whole image); FITS windows are read on their own and stretched on their own statistics.
@@ -17,8 +17,8 @@ from astropy.io import fits
 from PIL import Image
 
 from galaxyvit.preprocess import Preprocessing, center_crop, eval_crop
+from inference.decode import centre_window, decode_image, lupton_stretch
 from load_tests.heavy_images import rice_cube
-from serving.decode import centre_window, decode_image, lupton_stretch
 from serving.decode_pool import DecodePool
 from serving.errors import ServiceError
 

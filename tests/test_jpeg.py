@@ -1,4 +1,4 @@
-"""The fast JPEG path (serving/jpeg.py): Pillow's pixels bit for bit, Pillow's errors, the same predictions."""
+"""The fast JPEG path (inference/jpeg.py): Pillow's pixels bit for bit, Pillow's errors, the same predictions."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from PIL import Image
 from catalog.decode import center_crop_array, decode_into, read_crop
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import Preprocessing, center_crop, eval_batch
-from serving.decode import decode_image
+from inference.decode import decode_image
+from inference.jpeg import decode_jpeg
+from inference.runtime import load_model
 from serving.errors import ServiceError
-from serving.jpeg import decode_jpeg
-from serving.runtime import load_model
 from training.synthetic import render_galaxy
 
 MAX_PIXELS = 10_000_000

@@ -1,9 +1,11 @@
 """The layers of the project, read from its own imports with `ast` (module-level and inside functions).
 
-  app/                 the `galaxyvit` command line and the demo: may import everything
-  load_tests/          may import serving, training and the core
-  training/  serving/  side by side on the core: never import each other
-  galaxyvit/           the core: imports nothing of the project above it
+  app/                         the `galaxyvit` command line and the demo: may import everything
+  load_tests/                  may import serving, catalog, inference, training and the core
+  serving/  catalog/           side by side on inference and the core: never import each other
+  training/                    on the core alone: never imports inference, serving or catalog
+  inference/                   torch-free ONNX Runtime, decoding, scoring: on the core alone
+  galaxyvit/                   the core: imports nothing of the project above it
 
 Nothing imports from tests/ but the tests themselves. An import is also `importlib.import_module("x")`,
 `__import__("x")` and a child process started with `-m x`. And no module is longer than 350 lines.
@@ -15,17 +17,30 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("galaxyvit", "training", "serving", "load_tests", "app", "scripts", "benchmarks", "tests")
+PACKAGES = (
+    "galaxyvit",
+    "inference",
+    "training",
+    "serving",
+    "catalog",
+    "load_tests",
+    "app",
+    "scripts",
+    "benchmarks",
+    "tests",
+)
 TEST_MODULES = {"tests"} | {p.stem for p in (ROOT / "tests").glob("*.py")}  # tests/ is on sys.path in the tests
 # what each layer may import of the project, besides itself
 ALLOWED = {
     "galaxyvit": set(),
+    "inference": {"galaxyvit"},
     "training": {"galaxyvit"},
-    "serving": {"galaxyvit"},
-    "load_tests": {"galaxyvit", "training", "serving"},
-    "app": {"galaxyvit", "training", "serving", "load_tests"},
-    "scripts": {"galaxyvit", "training", "serving", "load_tests", "app"},
-    "benchmarks": {"galaxyvit", "training", "serving", "load_tests"},
+    "serving": {"galaxyvit", "inference"},
+    "catalog": {"galaxyvit", "inference"},
+    "load_tests": {"galaxyvit", "inference", "training", "serving", "catalog"},
+    "app": {"galaxyvit", "inference", "training", "serving", "catalog", "load_tests"},
+    "scripts": {"galaxyvit", "inference", "training", "serving", "catalog", "load_tests", "app"},
+    "benchmarks": {"galaxyvit", "inference", "training", "serving", "catalog", "load_tests"},
     "tests": set(PACKAGES),
 }
 MAX_LINES = 350
@@ -108,7 +123,7 @@ def test_layers_point_one_way():
 
 def test_the_core_imports_nothing_above_it():
     """Spelled out for the core: galaxyvit/ imports none of training, serving, load_tests, app, tests, scripts."""
-    above = {"training", "serving", "load_tests", "app", "tests", "scripts", "benchmarks"}
+    above = {"inference", "training", "serving", "catalog", "load_tests", "app", "tests", "scripts", "benchmarks"}
     offenders = {
         str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path) if layer_of(m) in above)
         for path in project_files(("galaxyvit",))
@@ -128,9 +143,28 @@ def test_every_module_run_with_dash_m_can_run():
     assert missing == []
 
 
+def test_catalog_and_serving_never_import_each_other():
+    """The catalogue engines and the service share inference/ and the core, not each other's modules."""
+    crossing = {
+        str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path) if layer_of(m) == other)
+        for own, other in (("catalog", "serving"), ("serving", "catalog"))
+        for path in project_files((own,))
+    }
+    assert {file: modules for file, modules in crossing.items() if modules} == {}
+
+
+def test_inference_is_torch_free():
+    """inference/ runs in the service's processes and on Ray workers without PyTorch."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path) if m.split(".")[0] == "torch")
+        for path in project_files(("inference",))
+    }
+    assert {file: modules for file, modules in offenders.items() if modules} == {}
+
+
 def test_no_module_is_longer_than_350_lines():
     """Offenders as {file: lines}; the synthetic renderer is the one allowed exception."""
-    code = ("galaxyvit", "training", "serving", "load_tests", "app", "scripts", "benchmarks")
+    code = ("galaxyvit", "inference", "training", "serving", "catalog", "load_tests", "app", "scripts", "benchmarks")
     lengths = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in project_files(code)}
     too_long = {file: n for file, n in lengths.items() if n > MAX_LINES and file not in LONG_ALLOWED}
     assert not too_long, "longer than 350 lines: " + ", ".join(f"{file} ({n})" for file, n in sorted(too_long.items()))

@@ -26,10 +26,10 @@ from tiny_galaxies import galaxy_image
 from galaxyvit.classes import CLASS_NAMES
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_batch
+from inference.runtime import load_model
 from serving.config import load_config
 from serving.deployment import build
 from serving.routes import http_app
-from serving.runtime import load_model
 
 REAL = sorted(REAL_SAMPLE_IMAGES.glob("*.jpg"))
 # the limits of the `server` fixture (tests/serving_fixtures.py), so both see the same bad requests

@@ -27,8 +27,8 @@ from galaxyvit.ood import GAUSSIANS_ARTIFACT, GAUSSIANS_FILE, fit_feature_gaussi
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_batch
 from galaxyvit.store import stored_model_dir
+from inference.runtime import load_model
 from serving.process import ServerProcess
-from serving.runtime import load_model
 from training.checkpoint import save_model
 from training.export import export_checkpoint
 from training.models import build_model

@@ -38,7 +38,7 @@ def test_config_env_over_file_over_defaults(tmp_path):
 
 
 def test_onnx_runtime_threads_spin_only_when_asked(tiny_models):
-    from serving.runtime import load_model
+    from inference.runtime import load_model
 
     _, model_dirs = tiny_models
     for spinning, expected in ((False, "0"), (True, "1")):
@@ -50,7 +50,7 @@ def test_onnx_runtime_threads_spin_only_when_asked(tiny_models):
 
 def test_a_card_naming_other_classes_than_the_model_outputs_is_refused(tiny_models, tmp_path):
     from galaxyvit.card import CardError, card_path, load_card
-    from serving.runtime import load_model
+    from inference.runtime import load_model
 
     _, model_dirs = tiny_models
     folder = Path(shutil.copytree(model_dirs["vit"], tmp_path / "vit"))
@@ -83,8 +83,9 @@ def test_store_is_bounded_shared_and_exact(tmp_path):
 def test_serving_never_imports_torch_and_builds_only_when_asked(tiny_models, tmp_path):
     home, _ = tiny_models
     code = (
-        "import sys, serving.service, serving.cli, serving.decode, serving.runtime, serving.metrics, serving.store; "
-        "import serving.explain, serving.overlay, serving.scoring, serving.uploads; "
+        "import sys, serving.service, serving.cli, inference.decode, inference.runtime, serving.metrics; "
+        "import serving.store; "
+        "import inference.explain, galaxyvit.overlay, inference.scoring, serving.uploads; "
         "from serving.inference import INFERENCE_SERVICE; "
         "assert 'GalaxyClassifier' not in vars(serving.service); "  # importing the entry module builds nothing
         "service = serving.service.GalaxyClassifier; "

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from galaxyvit.card import CardError, ModelCard, load_verified
-from serving.scoring import softmax
+from inference.scoring import softmax
 
 logger = logging.getLogger("galaxyvit.serving")
 

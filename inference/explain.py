@@ -15,7 +15,7 @@ import numpy as np
 
 from galaxyvit.card import ModelCard, card_path, load_card, verified_artifact
 from galaxyvit.preprocess import normalize
-from serving.scoring import Scorer
+from inference.scoring import Scorer
 
 EXPLAIN_ARTIFACT = "explain"
 
@@ -51,7 +51,7 @@ def load_explain(
     model_dir: str | Path, served: ModelCard, calibrate: bool, device: str, threads: int, spinning: bool
 ) -> ExplainModel | None:
     """The explain variant of the model in `model_dir`, or None when its card lists none."""
-    from serving.runtime import open_session  # ONNX Runtime: only in inference processes
+    from inference.runtime import open_session  # ONNX Runtime: only in inference processes
 
     if not has_explain(served):
         return None

@@ -1,7 +1,7 @@
 """Turn uploaded bytes into RGB images (Pillow, numpy and astropy.io.fits only; no torch).
 
 Accepted: JPEG, PNG, TIFF, GIF (first frame), BMP, WebP in any Pillow mode, and FITS.
-Every problem is a `ServiceError` (serving/errors.py) carrying a short machine-readable kind and the HTTP status,
+Every problem is a `ServiceError` (inference/errors.py) carrying a short machine-readable kind and the HTTP status,
 so the service answers bad input with a 4xx JSON error and never a 5xx.
 
 FITS (what SDSS cutout tools produce from the g, r, i frames):
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
-from serving.errors import ServiceError
-from serving.jpeg import decode_jpeg
+from inference.errors import ServiceError
+from inference.jpeg import decode_jpeg
 
 PIL_FORMATS = ("JPEG", "PNG", "TIFF", "GIF", "BMP", "WEBP")
 RAW_CONTENT_TYPES = {
@@ -52,6 +52,8 @@ FITS_MAGIC = b"SIMPLE  ="
 FITS_BLOCK = 2880  # FITS files come in blocks of 2880 bytes
 WIDE_GREYS = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # greys of more than 8 bits: min-max scaled
 SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}  # other modes: 1 byte a sample
+MAX_PIXELS = 4096 * 4096  # default pixels per image, checked before decoding (decompression bombs)
+MAX_DECODED_BYTES = 256 * 1024 * 1024  # default decoded size of one image, checked from its header
 LUPTON_Q = 8.0
 LUPTON_PERCENTILE = 99.5
 
@@ -80,7 +82,7 @@ def decode_image(
         raise ServiceError("empty_body", 400, "empty image: the upload has no bytes")
     if data[: len(FITS_MAGIC)] == FITS_MAGIC:
         return Image.fromarray(fits_to_rgb(data, max_pixels, max_decoded_bytes, crop))
-    if (rgb := decode_jpeg(data, max_pixels, max_decoded_bytes)) is not None:  # serving/jpeg.py; else Pillow below
+    if (rgb := decode_jpeg(data, max_pixels, max_decoded_bytes)) is not None:  # inference/jpeg.py; else Pillow below
         left, top, right, bottom = centre_window(rgb.shape[1], rgb.shape[0], crop or max(rgb.shape))
         return Image.fromarray(rgb[top:bottom, left:right])
     try:
