@@ -21,6 +21,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "Predictions of galaxyvit-tinydemo:latest over HTTP" in out
+    assert re.search(r"^web page: http://127\.0\.0\.1:\d+/ui ", out, re.MULTILINE), out[:3000]
     lines = out.splitlines()
     prediction = r" \d\.\d\d ±\d\.\d{3} +(yes|no)$"  # p, spread over the 8 views, the OOD flag (a rule is fitted)
     for name in ("106587.jpg", "16126.jpg", "91609.jpg"):
