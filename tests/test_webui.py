@@ -65,6 +65,8 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory):
         "intra_op_threads": 1,
         "max_latency_ms": 1000,
         "api_keys_file": str(keys),
+        "feedback_burst": 2,  # the third feedback within a minute is a 429 with Retry-After
+        "feedback_per_minute": 1,
     }
     with ServerProcess(settings, store=home, workdir=base / "server", ready_timeout=240) as server:
         yield server
@@ -216,6 +218,11 @@ def test_the_page_in_a_browser(browser, ui_server, files, screenshots):
     again = httpx.post(f"{ui_server.url}/feedback", json={"request_id": eight[REAL[0].name]["request_id"],
                        "label": right}, headers=AUTH)  # fmt: skip
     assert again.status_code == 409  # the page's feedback was recorded for this very prediction
+    second = page.locator(f'article[data-file="{REAL[1].name}"]')
+    second.get_by_role("button", name="Send feedback").click()
+    busy = second.locator(".feedback-status")
+    busy.get_by_text("Too much feedback from this key. Try again in").wait_for()
+    assert "429 rate_limited" in busy.inner_text()
     page.screenshot(path=str(screenshots / "desktop.png"), full_page=True)
 
     first.get_by_text("Copy this request as curl / Python").click()
@@ -264,4 +271,14 @@ def test_the_page_at_phone_width(browser, ui_server, files, screenshots):
     page.screenshot(path=str(screenshots / "phone-full.png"), full_page=True)
     page.evaluate("(y) => window.scrollTo(0, y)", first.bounding_box()["y"] + page.evaluate("() => window.scrollY") - 8)
     page.screenshot(path=str(screenshots / "phone.png"))
+    page.get_by_label("Model", exact=True).select_option("linformer")  # another model: every image is classified again
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('article.result')].every((a) => a.dataset.state === 'done'
+                 && a.querySelector('.confidence').textContent.includes('model linformer'))""",
+        timeout=WAIT_MS,
+    )
+    assert "No not-a-galaxy check" in first.locator(".flag").inner_text()
+    first.get_by_role("button", name="Show attention map").click()
+    signed = first.locator('figure.attention[data-method="linformer-value-projection"]')
+    signed.wait_for()
     context.close()
