@@ -142,15 +142,20 @@ function addCards(files) {
   classifyAll();
 }
 
+/** A placeholder for what the browser cannot show (FITS, often TIFF); the attention figure shows the server's crop. */
+function placeholder(text) {
+  return [el("div", { class: "placeholder", role: "img", "aria-label": `${text} file: no preview in the browser` }, text),
+    el("figcaption", {}, "no preview in the browser")];
+}
+
 function thumbnail(card) {
-  if (FITS.test(card.file.name)) {
-    return el("figure", { class: "thumb" },
-      el("div", { class: "fits-placeholder", role: "img", "aria-label": "FITS file: no preview in the browser" }, "FITS"),
-      el("figcaption", {}, "FITS: the server's crop is in the attention figure"));
-  }
+  if (FITS.test(card.file.name)) return el("figure", { class: "thumb" }, placeholder("FITS"));
   card.url = card.url || URL.createObjectURL(card.file);
-  return el("figure", { class: "thumb" }, el("img", { src: card.url, alt: `uploaded image ${card.file.name}` }),
-    el("figcaption", {}, "your image (whole)"));
+  const figure = el("figure", { class: "thumb" });
+  const image = el("img", { src: card.url, alt: `uploaded image ${card.file.name}`,
+    onerror: () => figure.replaceChildren(...placeholder(card.file.name.split(".").pop().toUpperCase())) });
+  figure.append(image, el("figcaption", {}, "your image (whole)"));
+  return figure;
 }
 
 function renderPending(card) {
@@ -325,17 +330,18 @@ async function showAttention(card) {
   const query = `model=${encodeURIComponent(model.name)}`;
   const options = { method: "POST", body: card.file, headers: { "Content-Type": card.file.type || "application/octet-stream" } };
   try {
-    if (FITS.test(card.file.name)) { // the browser cannot read FITS: the server's figure shows its crop and map
+    // the browser cannot read FITS (nor, often, TIFF): then the server's figure shows its crop and the map
+    const crop = FITS.test(card.file.name) ? null : await cropCanvas(card, model.preprocessing.crop).catch(() => null);
+    if (crop === null) {
       const png = await (await call(`explain?format=png&${query}`, options, card.file.name)).blob();
       card.node.querySelector(".thumb")?.remove(); // the figure shows the crop itself
       slot.replaceChildren(el("figure", { class: "attention server-figure" },
         el("img", { src: URL.createObjectURL(png), alt: `attention figure of ${card.file.name} drawn by the server` }),
-        el("figcaption", {}, "the crop the server read from the FITS file, its attention map and colour bar")));
+        el("figcaption", {}, "drawn by the server: the crop it read from the file, the attention map and its colour bar")));
       return;
     }
     const answer = await (await call(`explain?format=json&${query}`, options, card.file.name)).json();
     const signed = answer.map_method !== "rollout";
-    const crop = await cropCanvas(card, model.preprocessing.crop);
     const layer = el("canvas", { width: crop.width, height: crop.height });
     layer.getContext("2d").putImageData(mapLayer(answer.rollout, crop.width, signed), 0, 0);
     const view = el("canvas", { width: crop.width, height: crop.height, class: "overlay",
