@@ -398,10 +398,11 @@ const shellQuote = (text) => `'${text.replaceAll("'", "'\\''")}'`;
 
 function snippets(card, prediction) {
   const url = endpoint("classify"), name = card.file.name, key = Boolean(apiKey());
-  const fields = [`model=${prediction.model}`, ...(prediction.tta === 8 ? ["tta=8"] : [])];
-  const curl = ["curl", `-F ${shellQuote(`images=@${name}`)}`, ...fields.map((f) => `-F ${shellQuote(f)}`),
-    ...(key ? ['-H "Authorization: Bearer $GALAXYVIT_API_KEY"'] : []), shellQuote(url)].join(" ");
-  const data = JSON.stringify(Object.fromEntries(fields.map((f) => f.split("="))));
+  const fields = [["model", prediction.model], ...(prediction.tta === 8 ? [["tta", "8"]] : [])];
+  const curl = [
+    ["curl", `-F ${shellQuote(`images=@${name}`)}`, ...fields.map(([k, v]) => `-F ${shellQuote(`${k}=${v}`)}`)].join(" "),
+    ...(key ? ['  -H "Authorization: Bearer $GALAXYVIT_API_KEY"'] : []), `  ${shellQuote(url)}`].join(" \\\n");
+  const data = `{${fields.map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`).join(", ")}}`;
   const python = [
     ...(key ? ["import os", ""] : []), "import httpx", "",
     `with open(${JSON.stringify(name)}, "rb") as f:`,
