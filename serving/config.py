@@ -146,7 +146,8 @@ class ServingConfig:
         default="",
         metadata={
             "help": "file of API key SHA-256 hashes, one per line (`galaxyvit serve --hash-key`); when set, every "
-            "endpoint but /livez, /readyz and /metrics needs `Authorization: Bearer KEY`. Empty: no keys"
+            "endpoint but /livez, /readyz, /metrics and the web page /ui needs `Authorization: Bearer KEY`. "
+            "Empty: no keys"
         },
     )
     protect_metrics: bool = field(default=False, metadata={"help": "with `api_keys_file`, /metrics needs a key too"})

@@ -31,6 +31,7 @@ from serving.metrics import multiprocess_dir
 from serving.readiness import Readiness
 from serving.routes import Handlers, http_app
 from serving.store import PredictionStore
+from serving.webui import ui_app
 
 
 def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[Any]:
@@ -58,8 +59,10 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
             store = PredictionStore(store_dir / "galaxyvit-predictions.sqlite", config.store_size)
             app.state.handlers = Handlers(catalog, config, store, InferenceClient(self.inference))
 
+    classifier = bentoml.asgi_app(app, path="/")(GalaxyClassifier)
+    classifier = bentoml.asgi_app(ui_app(), path="/")(classifier)  # GET /ui, the web page (serving/webui.py)
     service = bentoml.service(name=ENTRY_SERVICE, workers=config.workers, traffic={"timeout": config.timeout_s})(
-        bentoml.asgi_app(app, path="/")(GalaxyClassifier)
+        classifier
     )
     if config.api_keys_file:  # outermost of the two: a request without a key is refused before its body is read
         service.add_asgi_middleware(AuthMiddleware, keys=ApiKeys(load_key_hashes(config.api_keys_file)), config=config)

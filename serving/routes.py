@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from galaxyvit.card import ModelCard
-from galaxyvit.overlay import overlay_png
+from galaxyvit.overlay import figure_png, prediction_title
 from inference.decode import check_content_type
 from inference.explain import has_explain
 from inference.scoring import combine_views, view_crops
@@ -189,7 +189,7 @@ class Handlers:
 
     async def explain(self, request: Request) -> Response:
         """One image as /classify/raw; its prediction from the explain variant with the g x g map as JSON, or
-        with ?format=png the crop the model sees with the map overlaid."""
+        with ?format=png the figure of galaxyvit/overlay.py (the crop, the map over it, a colour bar)."""
         check_content_type(request.headers.get("content-type"))
         model = self.catalog.get(request.query_params.get("model"))
         image_format = parse_format(request.query_params.get("format"))
@@ -204,7 +204,10 @@ class Handlers:
         method = model.card.explain["map_method"] if model.card.explain else "rollout"
         rollout = np.asarray(answer["rollout"], np.float32)
         if image_format == "png":
-            png = await asyncio.to_thread(overlay_png, crop, rollout, method != "rollout")
+            p = max(result["probabilities"].values())
+            flag = ", flagged: maybe not a galaxy" if result["in_distribution"] is False else ""
+            title = f"{prediction_title(result['class_name'], p, result['calibrated'])}\nmodel {model.name}{flag}"
+            png = await asyncio.to_thread(figure_png, crop, rollout, method != "rollout", title)
             headers = {"X-Request-Id": result["request_id"], "X-Class-Name": result["class_name"]}
             return Response(png, media_type="image/png", headers=headers)
         return JSONResponse({**result, "map_method": method, "grid": len(rollout), "rollout": rollout.tolist()})
