@@ -1,6 +1,8 @@
 """The deployment: two BentoML services assembled from the settings by `build(config)`.
 
-- `galaxyvit` (entry, `workers` processes): the HTTP routes (serving/routes.py) behind optional API keys
+- `galaxyvit` (entry, `workers` processes): the @bentoml.api endpoints (serving/endpoints.py) and the
+  mounted ASGI sub-apps (the `mounts` list in `build`: one line mounts another, e.g. /v2 or /ui) behind
+  optional API keys
   (serving/auth.py) and admission control (serving/admission.py), on uvicorn with connection guards
   (serving/connections.py): decoding, limits, the evaluation crop (`galaxyvit.preprocess.eval_crop`),
   the prediction store, feedback.
@@ -13,12 +15,13 @@ serving.service:GalaxyClassifier` calls it through serving/service.py. No torch 
 
 from __future__ import annotations
 
+import functools
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from starlette.applications import Starlette
 
 from serving.admission import AdmissionMiddleware, UploadLimits
 from serving.auth import ApiKeys, AuthMiddleware, load_key_hashes
@@ -26,11 +29,11 @@ from serving.bentoml_patches import bound_metric_labels, guard_api_server, stop_
 from serving.catalog import discover
 from serving.config import ServingConfig
 from serving.connections import ConnectionLimits
-from serving.inference import ENTRY_SERVICE, INFERENCE_SERVICE, InferenceClient, inference_service
-from serving.metrics import multiprocess_dir
+from serving.endpoints import API_PATHS, GalaxyEndpoints
+from serving.inference import ENTRY_SERVICE, INFERENCE_SERVICE, inference_service
+from serving.openapi import build_openapi
 from serving.readiness import Readiness
-from serving.routes import Handlers, http_app
-from serving.store import PredictionStore
+from serving.routes import http_app
 
 
 def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[Any]:
@@ -46,21 +49,28 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
     bound_metric_labels()
     guard_api_server(ENTRY_SERVICE, ConnectionLimits.from_config(config), config.timeout_s)
     models = inference_service(config, catalog)
-    app = http_app(config)
+    routes = http_app(config, API_PATHS)
 
-    class GalaxyClassifier:
-        """HTTP front end; one instance per API worker, made when the worker starts."""
+    # The ASGI sub-apps mounted on the entry service, (app, path): behind the same API-key and admission
+    # middleware as the endpoints. A Starlette sub-app finds this worker's Handlers (catalogue, settings,
+    # inference client, prediction store) at `app.state.handlers` once the worker's service instance starts.
+    mounts: list[tuple[Starlette, str]] = [
+        (routes, "/"),  # GET /models, /openapi.json, /docs.json, JSON 405s (serving/routes.py)
+    ]
+
+    class GalaxyClassifier(GalaxyEndpoints):
+        """Galaxy morphology from images: the HTTP front end (serving/endpoints.py)."""
 
         inference = bentoml.depends(models)
 
-        def __init__(self) -> None:
-            store_dir = Path(config.store_dir or multiprocess_dir() or tempfile.mkdtemp(prefix="galaxyvit-"))
-            store = PredictionStore(store_dir / "galaxyvit-predictions.sqlite", config.store_size)
-            app.state.handlers = Handlers(catalog, config, store, InferenceClient(self.inference))
-
+    GalaxyClassifier.config, GalaxyClassifier.catalog = config, catalog
+    GalaxyClassifier.mounted = [app for app, _ in mounts]
+    for app, path in mounts:
+        bentoml.asgi_app(app, path=path)(GalaxyClassifier)
     service = bentoml.service(name=ENTRY_SERVICE, workers=config.workers, traffic={"timeout": config.timeout_s})(
-        bentoml.asgi_app(app, path="/")(GalaxyClassifier)
+        GalaxyClassifier
     )
+    routes.state.openapi = functools.cache(lambda: build_openapi(service, catalog, config))
     if config.api_keys_file:  # outermost of the two: a request without a key is refused before its body is read
         service.add_asgi_middleware(AuthMiddleware, keys=ApiKeys(load_key_hashes(config.api_keys_file)), config=config)
     service.add_asgi_middleware(
