@@ -67,9 +67,10 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
     GalaxyClassifier.mounted = [app for app, _ in mounts]
     for app, path in mounts:
         bentoml.asgi_app(app, path=path)(GalaxyClassifier)
-    service = bentoml.service(name=ENTRY_SERVICE, workers=config.workers, traffic={"timeout": config.timeout_s})(
-        GalaxyClassifier
-    )
+    untraced = {} if config.tracing else {"tracing": {"excluded_urls": ["."]}}  # "." matches every URL
+    service = bentoml.service(
+        name=ENTRY_SERVICE, workers=config.workers, traffic={"timeout": config.timeout_s}, **untraced
+    )(GalaxyClassifier)
     routes.state.openapi = functools.cache(lambda: build_openapi(service, catalog, config))
     if config.api_keys_file:  # outermost of the two: a request without a key is refused before its body is read
         service.add_asgi_middleware(AuthMiddleware, keys=ApiKeys(load_key_hashes(config.api_keys_file)), config=config)

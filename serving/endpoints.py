@@ -61,7 +61,8 @@ class GalaxyEndpoints:
         config = self.config
         store_dir = Path(config.store_dir or multiprocess_dir() or tempfile.mkdtemp(prefix="galaxyvit-"))
         store = PredictionStore(store_dir / "galaxyvit-predictions.sqlite", config.store_size)
-        self.handlers = Handlers(self.catalog, config, store, InferenceClient(self.inference))
+        inference = InferenceClient(self.inference, config.max_batch_size, config.inference_workers + 1)
+        self.handlers = Handlers(self.catalog, config, store, inference)
         for app in self.mounted:
             app.state.handlers = self.handlers
 

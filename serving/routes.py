@@ -82,7 +82,8 @@ class Handlers:
         """Decode and crop the uploads: CPU work in threads, which keeps the event loop (health checks, other
         requests) responsive, and a fixed number of them bounds the memory of concurrent decoding."""
         prep, config = model.card.prep, self.config
-        return await self.decoder.map([functools.partial(decode_crop, b, prep, config) for b in blobs])
+        jobs = [functools.partial(decode_crop, b, prep, config) for b in blobs]
+        return [await self.decoder.run(jobs[0])] if len(jobs) == 1 else await self.decoder.map(jobs)
 
     async def predict(
         self, model: ServedModel, blobs: list[bytes], owner: str | None = None, tta: int = 1
