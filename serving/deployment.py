@@ -1,13 +1,19 @@
 """The deployment: two BentoML services assembled from the settings by `build(config)`.
 
-- `galaxyvit` (entry, `workers` processes): the @bentoml.api endpoints (serving/endpoints.py) and the
-  mounted ASGI sub-apps (the `mounts` list in `build`: one line mounts another, e.g. /v2 or /ui) behind
-  optional API keys
-  (serving/auth.py) and admission control (serving/admission.py), on uvicorn with connection guards
-  (serving/connections.py): decoding, limits, the evaluation crop (`galaxyvit.preprocess.eval_crop`),
-  the prediction store, feedback.
+- `galaxyvit` (entry, `workers` processes): the @bentoml.api endpoints (serving/endpoints.py: decoding,
+  limits, the evaluation crop `galaxyvit.preprocess.eval_crop`, the prediction store, feedback) and the
+  mounted ASGI sub-apps, behind optional API keys (serving/auth.py) and admission control
+  (serving/admission.py), on uvicorn with connection guards (serving/connections.py).
 - `galaxyvit_models` (`inference_workers` processes): every served model in ONNX Runtime behind one
   batchable API (serving/inference.py).
+
+Sub-apps: `build`'s `mounts` list, (ASGI app, path), is the one place they are mounted; one line adds
+one (e.g. `(oip_app(config), "/v2")`, `(ui_app(), "/ui")`). They sit behind the same API-key and
+admission middleware as the endpoints (a sub-app whose POST bodies must be read within the upload
+limits adds its paths to serving/admission.py `BODY_PATHS`). A Starlette sub-app finds the worker's
+`serving.routes.Handlers` (catalogue, settings, inference client, prediction store) at
+`request.app.state.handlers` once the worker's service instance has started (None before: answer 503
+`not_ready`).
 
 `build` does all the I/O (model discovery, sha256 checks) when it is called; `bentoml serve
 serving.service:GalaxyClassifier` calls it through serving/service.py. No torch is imported here.
@@ -51,10 +57,8 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
     models = inference_service(config, catalog)
     routes = http_app(config, API_PATHS)
 
-    # The ASGI sub-apps mounted on the entry service, (app, path): behind the same API-key and admission
-    # middleware as the endpoints. A Starlette sub-app finds this worker's Handlers (catalogue, settings,
-    # inference client, prediction store) at `app.state.handlers` once the worker's service instance starts.
-    mounts: list[tuple[Starlette, str]] = [
+    # The ASGI sub-apps mounted on the entry service, (app, path): see the module docstring.
+    mounts: list[tuple[Any, str]] = [
         (routes, "/"),  # GET /models, /openapi.json, /docs.json, JSON 405s (serving/routes.py)
     ]
 
@@ -64,7 +68,7 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
         inference = bentoml.depends(models)
 
     GalaxyClassifier.config, GalaxyClassifier.catalog = config, catalog
-    GalaxyClassifier.mounted = [app for app, _ in mounts]
+    GalaxyClassifier.mounted = [app for app, _ in mounts if isinstance(app, Starlette)]
     for app, path in mounts:
         bentoml.asgi_app(app, path=path)(GalaxyClassifier)
     untraced = {} if config.tracing else {"tracing": {"excluded_urls": ["."]}}  # "." matches every URL
