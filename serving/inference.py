@@ -189,10 +189,13 @@ class InferenceClient:
     async def _call(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future[list[Any]]]]) -> None:
         try:
             answers = await self._infer([item for items, _ in batch for item in items])
-        except Exception as exc:
+        except BaseException as exc:  # also a cancelled call (the worker stopping): nobody waits in vain
+            stopping = ServiceError("inference_unavailable", 503, "the server is stopping; retry shortly")
             for _, answer in batch:
                 if not answer.done():
-                    answer.set_exception(exc)
+                    answer.set_exception(exc if isinstance(exc, Exception) else stopping)
+            if not isinstance(exc, Exception):
+                raise
             return
         start = 0
         for items, answer in batch:
