@@ -157,6 +157,14 @@ class ServingConfig:
     feedback_burst: int = field(
         default=20, metadata={"help": "with `api_keys_file`: /feedback requests a key may send at once"}
     )
+    tracing: bool = field(
+        default=False,
+        metadata={
+            "help": "pass every request through BentoML's OpenTelemetry middleware (set its exporter and "
+            "`sample_rate` in BentoML's configuration). Off, requests skip it: BentoML samples none by default, "
+            "and it took about a sixth of the API process's time per request (docs/performance.md)"
+        },
+    )
     expose_model_details: bool = field(
         default=False,
         metadata={"help": "show each model's training settings and confusion matrix in GET /models"},
