@@ -83,6 +83,7 @@ def test_bentoml_build_succeeds_without_torch_and_the_bento_serves(tiny_models, 
     assert sorted(models) == ["galaxyvit-linformer", "galaxyvit-vit", "galaxyvit-vitbase"]
     requirements = (bento / "env" / "python" / "requirements.in").read_text()
     assert "onnxruntime-gpu" in requirements and "torch" not in requirements
+    assert {"orjson", "simplejpeg"} <= {line.split("==")[0] for line in requirements.splitlines()}
     assert not (bento / "src" / "training").exists()
     assert "\nUSER bentoml" in (bento / "env" / "docker" / "Dockerfile").read_text()  # non-root container
 
