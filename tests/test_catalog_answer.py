@@ -131,3 +131,21 @@ def test_no_calibrate_writes_the_raw_softmax(calibrated, catalogue, tmp_path):
     assert np.abs(calibrated_probs - got).max() > 1e-2
     assert set(raw.column("calibrated").drop_null().to_pylist()) == {False}
     assert raw.column("ood_score").to_pylist() == cal.column("ood_score").to_pylist()  # the rule uses raw logits
+
+
+def test_the_load_test_yardstick_scores_as_the_service(calibrated):
+    """load_tests.engine times the model and its scorer: calibrated probabilities and the OOD score per image."""
+    from galaxyvit.calibration import softmax as calibrated_softmax
+    from galaxyvit.paths import REAL_SAMPLE_IMAGES
+    from load_tests.engine import Engine
+
+    folder = stored_model_dir(NAME, calibrated)
+    images = tuple(p.read_bytes() for p in sorted(REAL_SAMPLE_IMAGES.glob("*.jpg")))
+    engine = Engine(NAME, folder, images, "fp32", "cpu", 1)
+    batch = engine.batch(3)
+    items = engine.infer(batch)
+    logits, _ = engine.model.outputs(batch)
+    expected = calibrated_softmax(logits, load_card(card_path(folder)).temperature)
+    np.testing.assert_allclose(np.stack([item["p"] for item in items]), expected, atol=1e-6)
+    assert all(item["calibrated"] and isinstance(item["ood_score"], float) for item in items)
+    assert engine.measure(2, seconds=0.1, min_calls=1).images_per_s > 0
