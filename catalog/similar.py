@@ -133,3 +133,23 @@ def odd(catalogue: str | Path | Catalogue, k: int = 20) -> pa.Table:
     order = rows[np.argsort(scores[rows], kind="stable")][:k]
     table = cat.rows_table(order)
     return table.add_column(0, "rank", pa.array(np.arange(1, len(order) + 1), pa.int32()))
+
+
+def neighbour_agreement(catalogue: str | Path | Catalogue, labels: dict[str, int], k: int = 10) -> float:
+    """How well the embeddings group galaxies by class: over the rows of `labels` (id -> true class index), the
+    share of each row's k nearest neighbours (among the rows of `labels`) whose true class is the row's."""
+    from catalog.similar_index import load_or_build
+
+    cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue(catalogue)
+    index, _ = load_or_build(cat.out, cat.embeddings)
+    ids = [str(i) for i in cat.read(["id"]).column("id").to_pylist()]
+    rows = [row for row, i in enumerate(ids) if i in labels and index.contains(row)]
+    if len(rows) <= k:
+        raise ArgumentError(f"need more than {k} labelled rows with an embedding, not {len(rows)}")
+    truth = {row: labels[ids[row]] for row in rows}
+    matches = index.search(np.stack([index.get(row) for row in rows]), k + 1 + len(ids) - len(rows))
+    shared = []
+    for row, keys in zip(rows, np.asarray(matches.keys, np.int64), strict=True):
+        neighbours = [int(key) for key in keys if int(key) != row and int(key) in truth][:k]
+        shared += [truth[key] == truth[row] for key in neighbours]
+    return float(np.mean(shared))
