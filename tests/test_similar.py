@@ -17,7 +17,7 @@ from catalog_inputs import write_catalogue
 from app.cli import main as cli_main
 from catalog.inputs import ArgumentError
 from catalog.job import classify_catalogue
-from catalog.similar import odd, similar
+from catalog.similar import neighbour_agreement, odd, similar
 from catalog.similar_index import INDEX_FILE, INDEX_META, load_or_build
 
 
@@ -121,3 +121,32 @@ def test_the_command_line(preds, calibrated, catalogue, tmp_path, capsys):
         assert cli_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("galaxyvit similar: error:") and words in err, err
+
+
+def test_the_nearest_neighbours_of_a_test_galaxy_share_its_true_class(tmp_path):
+    """A tiny ViT trained briefly (64 px, one epoch) on 160 synthetic galaxies; its test split (16 galaxies per
+    class) classified with --embeddings: the 10 nearest neighbours by the index share the true class >= 80%."""
+    from tiny_galaxies import write_tiny_dataset
+
+    from training.data import DataConfig
+    from training.export import export_checkpoint
+    from training.registry import get_run
+    from training.train import TrainOptions, train
+
+    data = write_tiny_dataset(tmp_path / "data", n_train=160, n_valid=16, n_test=128, size=96)
+    run = get_run("vit-110421").with_overrides(depth=2, dim=32, heads=2, mlp_dim=64, batch_size=16, lr=1e-3,
+                                               image_size=64, patch_size=8)  # fmt: skip
+    options = TrainOptions(out=tmp_path / "run", epochs=1, workers=0, threads=2, results_file=None, progress=False)
+    best = train(run, DataConfig(kind="gz2", dataset=str(data)), options) / "best.pt"
+    export_checkpoint(best, tmp_path / "models", "knn", register=False, quiet=True)
+    out = tmp_path / "preds"
+    onnx = tmp_path / "models" / "knn" / "fp32.onnx"
+    template = "images/{galaxyID}.jpg"
+    classify_catalogue([data / "gz2_test.csv"], out, onnx=onnx, id_col="galaxyID", path_template=template,
+                       embeddings=True, decode_workers=0, progress=False)  # fmt: skip
+    labels = {line.split(",")[0]: int(line.split(",")[1]) for line in (data / "gz2_test.csv").read_text().split()[1:]}
+    share = neighbour_agreement(out, labels, k=10)
+    print(f"10 nearest neighbours sharing the true class: {share:.3f}")
+    assert share >= 0.8
+    shuffled = dict(zip(labels, np.random.default_rng(0).permutation(list(labels.values())), strict=True))
+    assert neighbour_agreement(out, shuffled, k=10) < 0.4  # the measure sees labels that do not follow the images
