@@ -100,6 +100,8 @@ def classify_catalogue(
         raise ArgumentError("--batch-size, --shard-size, --max-pixels, --actors and --actor-cpus must be positive")
     if decode_workers is not None and decode_workers < 0:
         raise ArgumentError("--decode-workers must be 0 (decode in the main process) or more")
+    if embeddings and fmt != "parquet":
+        raise ArgumentError("--embeddings needs --format parquet (a CSV cell cannot hold a vector)")
     if engine == "ray" and resume:
         raise ArgumentError("--resume works with the local engine (the Ray engine rewrites the output: --force)")
     source = open_source([str(i) for i in inputs], id_col, path_col, path_template, root)

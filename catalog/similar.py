@@ -137,7 +137,8 @@ def odd(catalogue: str | Path | Catalogue, k: int = 20) -> pa.Table:
 
 def neighbour_agreement(catalogue: str | Path | Catalogue, labels: dict[str, int], k: int = 10) -> float:
     """How well the embeddings group galaxies by class: over the rows of `labels` (id -> true class index), the
-    share of each row's k nearest neighbours (among the rows of `labels`) whose true class is the row's."""
+    share of each row's k nearest neighbours (among the rows of `labels`) whose true class is the row's.
+    Meant for a labelled test catalogue: each search asks for as many rows as the catalogue has unlabelled."""
     from catalog.similar_index import load_or_build
 
     cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue(catalogue)

@@ -117,6 +117,8 @@ def test_the_command_line(preds, calibrated, catalogue, tmp_path, capsys):
         (["similar", "1000", "--catalogue", str(plain)], "--embeddings"),
         (["similar", "1000", "--catalogue", str(tmp_path)], "not a finished"),
     ]
+    with pytest.raises(ArgumentError, match="--format parquet"):
+        classify(catalogue[0], tmp_path / "csv", calibrated, embeddings=True, fmt="csv")
     for argv, words in cases:
         assert cli_main(argv) == 2
         err = capsys.readouterr().err
