@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "loadtest": ("load_tests.sweep", "run a Locust load-test sweep against the service and write a report"),
     "explain": ("training.explain", "attention maps of a checkpoint for galaxy images: overlay PNGs and raw .npy maps"),
     "classify": ("catalog.cli", "classify a catalogue or folders of cutouts into a sharded Parquet table"),
+    "similar": ("catalog.similar_cli", "find the galaxies of a classified catalogue most like one, or the oddest"),
     "demo": ("app.demo", "the main job: synthesise, train, export, serve and classify sample images"),
 }
 

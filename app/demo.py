@@ -8,7 +8,9 @@
      galaxy over HTTP, averaged over their 8 rotated/flipped views (tta=8), and print the calibrated
      answers with their spread and not-a-galaxy flag next to the known classes;
   4. write the attention map of each real cutout (POST /explain?format=png) and print the paths;
-  5. classify the synthetic test split as a catalogue into a Parquet table (`galaxyvit classify`);
+  5. classify the synthetic test split as a catalogue into a Parquet table with embeddings (`galaxyvit classify
+     --embeddings`), print the 5 galaxies of it most like one real cutout (`galaxyvit similar`) and how often
+     a test galaxy's 10 nearest neighbours share its true class;
   6. stop the service (unless --keep-serving).
 
 Every step is an ordinary `galaxyvit` command, printed before it runs, so it can be repeated by hand.
@@ -80,6 +82,20 @@ def print_predictions(samples: list[tuple[Path, int]], predictions: list[dict]) 
     print(f"p: {'calibrated' if calibrated else 'uncalibrated'} probability, mean of 8 rotated/flipped views")
 
 
+def similar_galaxies(table: Path, cutout: Path, split: Path) -> None:
+    """The 5 rows of the catalogue most like a real cutout, and how well its embeddings group the test split."""
+    from catalog.similar import neighbour_agreement, similar
+    from catalog.similar_cli import format_table
+
+    print(f"\n$ galaxyvit similar {cutout} --catalogue {table} --k 5")
+    print(format_table(similar(table, cutout, k=5)))
+    with open(split) as f:
+        labels = {row["galaxyID"]: int(row["label1"]) for row in csv.DictReader(f)}
+    if len(labels) > 10:
+        share = neighbour_agreement(table, labels, k=10)
+        print(f"the 10 nearest neighbours of a test galaxy share its true class {100 * share:.0f}% of the time")
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     dataset, out = (ROOT / args.dataset).resolve(), (ROOT / args.out).resolve()
@@ -125,10 +141,11 @@ def main(args: argparse.Namespace) -> int:
 
         split, table = dataset / "gz2_test.csv", out / "catalogue"
         print(f"\n$ galaxyvit classify {split} --id-col galaxyID --path-template 'images/{{galaxyID}}.jpg' "
-              f"--model {args.name} --out {table} --force")  # fmt: skip
-        summary = classify_catalogue([split], table, model=args.name, id_col="galaxyID",
+              f"--model {args.name} --embeddings --out {table} --force")  # fmt: skip
+        summary = classify_catalogue([split], table, model=args.name, id_col="galaxyID", embeddings=True,
                                      path_template="images/{galaxyID}.jpg", force=True, progress=False)  # fmt: skip
         print(f"{summary.line()}\npredictions of the synthetic test split: {table}")
+        similar_galaxies(table, samples[0][0], split)
         print(f"demo finished in {time.monotonic() - started:.0f} s")
         if args.keep_serving:
             print(

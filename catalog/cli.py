@@ -6,10 +6,12 @@
   galaxyvit classify catalogue.parquet --model NAME --out preds/ --engine ray --address HEAD:6379 --device cuda
 
 INPUT: image files, folders (recursive), globs, or one catalogue (.csv, .parquet) whose other columns
-(ra, dec, ...) pass through to the output. One row per input: id, path, label, class_name, p_<class>
-per class, p_max, entropy, model, model_version, sha256; an unreadable or refused file gives a row
-with error_kind and error. Written as OUT/part-NNNNN files of --shard-size rows, each written
-atomically; `--resume` keeps the finished shards of a killed job; OUT/_SUCCESS lists the shards.
+(ra, dec, ...) pass through to the output. One row per input with the service's answer: id, path, label,
+class_name, p_<class> per class (calibrated unless --no-calibrate; the 8-view mean with --tta 8), p_max,
+entropy, calibrated, ood_score, in_distribution, spread (--tta 8), embedding (--embeddings), model,
+model_version, sha256; an unreadable or refused file gives a row with error_kind and error. Written as
+OUT/part-NNNNN files of --shard-size rows, each written atomically; `--resume` keeps the finished shards
+of a killed job; OUT/_SUCCESS lists the shards. `galaxyvit similar` searches the embeddings.
 Exit status 2 for bad arguments (unknown column, unreadable catalogue, existing output).
 """
 
@@ -35,6 +37,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     path.add_argument("--path-col", help="catalogue: column with each image's path (default path)")
     path.add_argument("--path-template", help="catalogue: image path from columns, e.g. 'images/{objid}.jpg'")
     parser.add_argument("--root", type=Path, help="catalogue: folder of relative paths (default: the catalogue's)")
+    parser.add_argument(
+        "--no-calibrate", action="store_true", help="raw softmax probabilities, not the card's calibrated ones"
+    )
+    parser.add_argument("--tta", type=int, choices=(1, 8), default=1, help="8: mean of the 8 rotated/flipped views")
+    parser.add_argument("--embeddings", action="store_true", help="write each CLS embedding (galaxyvit similar)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per ONNX Runtime call (default 64)")
     parser.add_argument(
         "--decode-workers", type=int, default=None, help="decode processes (default: cores / 2; 0: in-process)"
@@ -93,4 +100,7 @@ def classify(args: argparse.Namespace):
         address=args.address,
         actors=args.actors,
         actor_cpus=args.actor_cpus,
+        calibrate=not args.no_calibrate,
+        tta=args.tta,
+        embeddings=args.embeddings,
     )

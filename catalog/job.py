@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog.inputs import ArgumentError, open_source
-from catalog.model import open_session, resolve_model
+from catalog.model import resolve_model
+from catalog.predict import open_predictor
 from catalog.shards import ShardWriter, prepare_output
 from catalog.table import output_schema
 from inference.decode import MAX_PIXELS
@@ -88,6 +89,9 @@ def classify_catalogue(
     address: str | None = None,
     actors: int = 1,
     actor_cpus: float = 1.0,
+    calibrate: bool = True,
+    tta: int = 1,
+    embeddings: bool = False,
 ) -> Summary:
     """Classify every input into the sharded table at `out`; ArgumentError for anything wrong before it starts."""
     if fmt not in FORMATS or engine not in ENGINES or device not in ("auto", "cpu", "cuda"):
@@ -96,10 +100,12 @@ def classify_catalogue(
         raise ArgumentError("--batch-size, --shard-size, --max-pixels, --actors and --actor-cpus must be positive")
     if decode_workers is not None and decode_workers < 0:
         raise ArgumentError("--decode-workers must be 0 (decode in the main process) or more")
+    if embeddings and fmt != "parquet":
+        raise ArgumentError("--embeddings needs --format parquet (a CSV cell cannot hold a vector)")
     if engine == "ray" and resume:
         raise ArgumentError("--resume works with the local engine (the Ray engine rewrites the output: --force)")
     source = open_source([str(i) for i in inputs], id_col, path_col, path_template, root)
-    ref = resolve_model(model, onnx, variant, home)
+    ref = resolve_model(model, onnx, variant, home, calibrate=calibrate, tta=tta, embeddings=embeddings)
     schema = output_schema(source.schema, ref.info)
     out = Path(out).resolve()
     job = {
@@ -108,6 +114,9 @@ def classify_catalogue(
         "model_version": ref.info.version,
         "sha256": ref.info.sha256,
         "variant": ref.variant,
+        "model_dir": str(ref.model_dir),  # where `galaxyvit similar` finds the model for an image query
+        "calibrate": calibrate,
+        "tta": tta,
         "format": fmt,
         "shard_size": shard_size,
         "max_pixels": max_pixels,
@@ -135,7 +144,7 @@ def classify_catalogue(
         bar = tqdm(total=remaining, unit="img", desc="classify", file=sys.stderr, smoothing=0.1, dynamic_ncols=True)
     try:
         stats = run_local(
-            source.tables(skipped), lambda: open_session(ref, device, threads), ref.prep, ref.info, schema, writer,
+            source.tables(skipped), lambda: open_predictor(ref, device, threads), ref.prep, ref.info, schema, writer,
             batch_size, workers, max_pixels, bar,
         )  # fmt: skip
     finally:

@@ -1,8 +1,8 @@
 """The local engine: decode in a pool of processes, batched ONNX Runtime inference in this one, overlapped.
 
   catalogue chunks -> batches of `batch_size` rows -> decode processes (read, decode, crop, normalise)
-                   -> float32 batches in shared memory -> this process: one ORT call on the batch in place,
-                      rows -> shard writer
+                   -> float32 batches in shared memory -> this process: ORT on the batch in place, scored as
+                      the service scores (catalog.predict), rows -> shard writer
 
 At most `window` batches are in flight (submitted, decoding or decoded and waiting), and results are
 taken in submission order, so memory stays bounded however long the catalogue is, and rows come out in
@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from catalog.decode import DecodedBatch, DecodedInto, decode_files, decode_into, decode_into_shared, open_blocks
+from catalog.predict import Predictor, Scored
 from catalog.shards import ShardWriter
 from catalog.table import ModelInfo, prediction_table
 from galaxyvit.preprocess import Preprocessing, normalize
@@ -130,7 +131,7 @@ class Batches:
 
 def run_local(
     tables: Iterator[pa.Table],
-    open_session: Callable[[], Any],
+    open_predictor: Callable[[], Predictor],
     prep: Preprocessing,
     info: ModelInfo,
     schema: pa.Schema,
@@ -140,8 +141,8 @@ def run_local(
     max_pixels: int,
     progress=None,
 ) -> LocalStats:
-    """Classify every row of `tables` into `writer` with the session `open_session()` returns
-    (inference.runtime.LoadedModel); it is opened while the decode processes start and decode the first batches."""
+    """Classify every row of `tables` into `writer` with the predictor `open_predictor()` returns
+    (catalog.predict.Predictor); it is opened while the decode processes start and decode the first batches."""
     stats = LocalStats()
     start, cpu_start = time.perf_counter(), time.process_time()
     window = 2 * max(1, decode_workers) + 1
@@ -184,13 +185,13 @@ def run_local(
         first = next(work, None) if decode_workers > 0 else None
         for _ in range(window):
             submit()
-        session = open_session()
+        predictor = open_predictor()
         if first is not None:
             own = np.empty(shape, np.float32)
             paths = first.column("path").to_pylist()
             in_flight.appendleft((first, own, _Inline().submit(decode_into, paths, prep, max_pixels, own)))
-        stats.provider = session.provider
-        stats.threads = session.session.get_session_options().intra_op_num_threads
+        stats.provider = predictor.provider
+        stats.threads = predictor.model.session.get_session_options().intra_op_num_threads
         batch: np.ndarray | None = None
         while in_flight:
             table, batch, future = in_flight.popleft()
@@ -207,13 +208,11 @@ def run_local(
                 stats.decode_cpu[decoded.pid] = decoded.cpu_s
             t0 = time.perf_counter()
             k = int(decoded.ok.sum())
-            probs = np.zeros((0, len(info.class_names)), np.float32)
-            if k:
-                if isinstance(decoded, DecodedBatch):
-                    normalize(decoded.crops, prep, out=batch[:k])
-                probs = session.predict(batch[:k])
+            if k and isinstance(decoded, DecodedBatch):
+                normalize(decoded.crops, prep, out=batch[:k])
+            scored: Scored = predictor.predict(batch[:k])
             t1 = time.perf_counter()
-            writer.add(prediction_table(table, probs, decoded.ok, decoded.errors, info, schema))
+            writer.add(prediction_table(table, scored, decoded.ok, decoded.errors, info, schema))
             stats.infer_s += t1 - t0
             stats.write_s += time.perf_counter() - t1
             if not stats.rows:

@@ -2,11 +2,11 @@
 
   read the catalogue (read_csv / read_parquet; files: from_arrow)
     -> map_batches(decode_stage)            tasks: id/path columns, read, decode, crop (uint8 bytes)
-    -> map_batches(Classifier, concurrency)  actors, each holding one ONNX Runtime session
+    -> map_batches(Classifier, concurrency)  actors, each holding one ONNX Runtime session and its scorer
     -> write_parquet / write_csv             part-NNNNN files in OUT, then the `_SUCCESS` manifest
 
-The decoding, the rows and the schema are the local engine's own functions (catalog.decode,
-catalog.table), so both engines give the same table. On a cluster the model folder, the catalogue
+The decoding, the scoring, the rows and the schema are the local engine's own functions (catalog.decode,
+catalog.predict, catalog.table), so both engines give the same table. On a cluster the model folder, the catalogue
 and the images must be readable at the same paths on every node (a shared file system).
 """
 
@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from catalog.decode import decode_files
 from catalog.inputs import CatalogueSource, FileSource
-from catalog.model import ModelRef, open_session
+from catalog.model import ModelRef
+from catalog.predict import open_predictor
 from catalog.shards import SHARD, count_rows, write_manifest
 from galaxyvit.preprocess import Preprocessing, normalize
 
@@ -64,35 +65,34 @@ def crops_of(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Classifier:
-    """A Ray actor holding one ONNX Runtime session: decoded rows -> output rows."""
+    """A Ray actor holding one ONNX Runtime session and its scorer: decoded rows -> output rows."""
 
     def __init__(self, ref: ModelRef, device: str, threads: int, schema: pa.Schema, source_schema: pa.Schema) -> None:
         from catalog.table import prediction_table
 
-        self.session = open_session(ref, device, threads)
+        self.predictor = open_predictor(ref, device, threads)
         print(
-            f"classify actor: model {ref.name} ({ref.variant}) on {self.session.provider}, {threads} threads",
+            f"classify actor: model {ref.name} ({ref.variant}) on {self.predictor.provider}, {threads} threads",
             flush=True,
         )
         self.info, self.schema, self.source_names = ref.info, schema, source_schema.names
         self.prediction_table = prediction_table
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        prep = self.session.card.prep
+        prep = self.predictor.model.card.prep
         column = batch.column(CROP)
         ok = np.asarray(column.is_valid())
         k = int(ok.sum())
-        probs = np.zeros((0, len(self.info.class_names)), np.float32)
+        inputs = np.empty((k, 3, prep.size, prep.size), np.float32)
         if k:
             crops = crops_of(column, (prep.size, prep.size, 3))
-            inputs = np.empty((k, 3, prep.size, prep.size), np.float32)
             for i in range(k):  # one image at a time: cache-friendly, faster than the whole batch
                 normalize(crops[i], prep, out=inputs[i])
-            probs = self.session.predict(inputs)
+        scored = self.predictor.predict(inputs)
         kinds, messages = batch.column("error_kind").to_pylist(), batch.column("error").to_pylist()
         errors = [(kind, message) if kind else None for kind, message in zip(kinds, messages)]
         source = batch.select(self.source_names)
-        return self.prediction_table(source, probs, ok, errors, self.info, self.schema)
+        return self.prediction_table(source, scored, ok, errors, self.info, self.schema)
 
 
 def run_ray(

@@ -30,6 +30,7 @@ SHARD = re.compile(
     r"^part-(\d{5,})(-[0-9a-f]+)*\.(parquet|csv)$"
 )  # local: part-00000.parquet; Ray: part-00000-<uuid>-0.parquet
 TEMP_PREFIX = ".tmp-"
+INDEX_FILES = ("_similar.usearch", "_similar.json")  # catalog/similar_index.py: rebuilt when the shards change
 GROUP_ROWS = 8192  # rows per Parquet row group (and per CSV write): what the writer holds in memory
 
 
@@ -45,7 +46,9 @@ def count_rows(path: Path) -> int:
 
 
 def _ours(name: str) -> bool:
-    return name in (JOB_FILE, MANIFEST) or name.startswith(TEMP_PREFIX) or SHARD.match(name) is not None
+    """A file a classify output holds: the job, the manifest, shards, temporary files, the similarity index."""
+    ours = name in (JOB_FILE, MANIFEST, *INDEX_FILES) or name.startswith(TEMP_PREFIX)
+    return ours or SHARD.match(name) is not None
 
 
 def prepare_output(out: Path, job: dict, resume: bool, force: bool) -> list[tuple[str, int]]:

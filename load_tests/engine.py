@@ -1,8 +1,9 @@
 """The yardstick: the served ONNX model run in-process by ONNX Runtime, no HTTP, no decoding.
 
-The session is opened by inference.runtime.load_model, the very code the service's inference worker
-uses (same sha256-verified file, provider choice, thread settings), and fed batches of the load
-test's own images, preprocessed once with the evaluation transform. Its images/s at the batch
+The session is opened by inference.runtime.load_model and its outputs scored by inference.scoring.Scorer,
+the very code the service's inference worker runs (same sha256-verified file, provider choice, thread
+settings, calibration and not-a-galaxy score), and fed batches of the load test's own images,
+preprocessed once with the evaluation transform. Its images/s at the batch
 size the service formed is what the service could reach if HTTP, decoding, preprocessing and
 batching cost nothing; service efficiency = service images/s / engine images/s.
 """
@@ -47,8 +48,10 @@ class Engine:
         from PIL import Image
 
         from inference.runtime import load_model
+        from inference.scoring import Scorer
 
         self.model = load_model(name, model_dir, variant, device, threads, spinning)
+        self.scorer = Scorer.for_card(model_dir, self.model.card, calibrate=True)  # the service's default
         self.threads = threads
         prep = self.model.card.prep
         self.pool = eval_batch([Image.open(io.BytesIO(b)) for b in images], prep)
@@ -61,17 +64,21 @@ class Engine:
         index = np.arange(size) % len(self.pool)
         return np.ascontiguousarray(self.pool[index])
 
+    def infer(self, batch: np.ndarray) -> list[dict]:
+        """What an inference worker does with a batch (serving/inference.py): the model, then its scorer."""
+        return self.scorer.score(*self.model.outputs(batch))
+
     def measure(self, batch_size: int, seconds: float = 3.0, min_calls: int = 3, max_calls: int = 1000) -> EngineResult:
         """Median time of back-to-back calls at `batch_size` for about `seconds` (at least `min_calls`)."""
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, not {batch_size}")
         x = self.batch(batch_size)
-        self.model.predict(x)  # first call of this shape: allocations, kernel choice
+        self.infer(x)  # first call of this shape: allocations, kernel choice
         times: list[float] = []
         deadline = time.perf_counter() + seconds
         while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() < deadline):
             t0 = time.perf_counter()
-            self.model.predict(x)
+            self.infer(x)
             times.append(time.perf_counter() - t0)
         median = statistics.median(times)
         return EngineResult(

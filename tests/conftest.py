@@ -22,5 +22,7 @@ _torch_threads()
 
 
 # Serving fixtures (tests/serving_fixtures.py) for every module that does not import its own copy:
-# those modules then share one set of tiny exported models and one server per test session.
+# those modules then share one set of tiny exported models and one server per test session; and a tiny
+# model with a fitted temperature and a Mahalanobis OOD rule (tests/calibrated_models.py).
+from calibrated_models import calibrated  # noqa: E402, F401
 from serving_fixtures import server, tiny_models  # noqa: E402, F401

@@ -34,4 +34,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert "classified " in out and f"predictions of the synthetic test split: {tmp_path / 'run' / 'catalogue'}" in out
     assert (tmp_path / "run" / "catalogue" / "_SUCCESS").is_file()
+    similar = lines[lines.index(next(line for line in lines if line.startswith("$ galaxyvit similar "))) + 1 :]
+    assert similar[0].split()[:3] == ["rank", "id", "distance"]
+    assert [line.split()[0] for line in similar[1:6]] == ["1", "2", "3", "4", "5"]  # the 5 most like a real cutout
+    assert (tmp_path / "run" / "catalogue" / "_similar.usearch").is_file()
     assert (tmp_path / "bentoml_home" / "models" / "galaxyvit-tinydemo").is_dir()

@@ -10,7 +10,6 @@ worker processes none of which loads torch.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import httpx
@@ -18,12 +17,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from calibrated_models import fit_rule_into_store
 from PIL import Image
 from tiny_galaxies import galaxy_image, write_tiny_dataset
 
 from galaxyvit.calibration import softmax
-from galaxyvit.card import load_card, sha256_file, verified_artifact
-from galaxyvit.ood import GAUSSIANS_ARTIFACT, GAUSSIANS_FILE, fit_feature_gaussians, fit_ood_rule
+from galaxyvit.card import load_card, verified_artifact
+from galaxyvit.ood import GAUSSIANS_ARTIFACT
 from galaxyvit.overlay import GAP, crop_box
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
 from galaxyvit.preprocess import eval_batch, eval_crop
@@ -47,27 +47,6 @@ def jpeg(image: Image.Image) -> bytes:
 
 def images_of(blobs: list[bytes]) -> list[Image.Image]:
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
-
-
-def fit_rule_into_store(home: Path, name: str, data: Path) -> None:
-    """Replace the stored model's OOD rule by a Mahalanobis rule fitted on its fp32 embeddings of the training
-    galaxies (threshold: 95% of the validation galaxies pass), written as `galaxyvit export` writes it."""
-    folder = stored_model_dir(name, home)
-    model = load_model("fit", folder, device="cpu", threads=1)
-    splits = {}
-    for split in ("train", "valid"):
-        rows = [line.split(",") for line in (data / f"gz2_{split}.csv").read_text().splitlines()[1:]]
-        images = [Image.open(data / "images" / f"{r[0]}.jpg").convert("RGB") for r in rows]
-        logits, embeddings = model.outputs(eval_batch(images, model.card.prep))
-        splits[split] = (logits, embeddings, np.array([int(r[1]) for r in rows]))
-    gaussians = fit_feature_gaussians(splits["train"][1], splits["train"][2])
-    rule = fit_ood_rule(splits["valid"][0], "mahalanobis", valid_embeddings=splits["valid"][1], gaussians=gaussians)
-    gaussians.save(folder / GAUSSIANS_FILE)
-    card_file = folder / "fp32.card.json"
-    card = json.loads(card_file.read_text())
-    card["ood"] = {**rule.to_dict(), "aurocs": {}, "n_ood": 0}
-    card["artifacts"][GAUSSIANS_ARTIFACT] = {"file": GAUSSIANS_FILE, "sha256": sha256_file(folder / GAUSSIANS_FILE)}
-    card_file.write_text(json.dumps(card))
 
 
 @pytest.fixture(scope="module")
