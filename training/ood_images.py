@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.synthetic import SIZE, _add_gaussian, _colour, _loguniform, _to_display, render_galaxy
+from training.sky import to_display as _to_display
+from training.synthetic import SIZE, _add_gaussian, _colour, _loguniform, render_galaxy
 
 STAR_COLOUR = np.array([1.0, 1.0, 1.0], np.float32)
 

@@ -24,6 +24,7 @@ Examples:
   galaxyvit synth --n 800 --out data/balanced --proportions uniform --workers 2
   galaxyvit synth --preview synth_preview.png            # montage only, no dataset
   galaxyvit synth --n 400 --out data/s --preview s.png   # dataset + montage of its images
+  galaxyvit synth --stats --n 200 --seed 0               # realism table: synthetic vs real pixel statistics
 """
 
 from __future__ import annotations
@@ -45,22 +46,21 @@ from PIL import Image
 from tqdm import tqdm
 
 from galaxyvit.classes import CLASS_NAMES, GZ2_TRAIN_COUNTS, NUM_CLASSES
+from training.sky import JPEG_QUALITY, Observation, observe, to_display
 
 SIZE = 424
 SPLITS = ("train", "valid", "test")
 GZ2_SPLIT_SIZES = (99_808, 24_952, 31_191)
-JPEG_QUALITY = 90
 MIN_IMAGES = NUM_CLASSES
 CSV_HEADER = ("galaxyID", "label1", "label2", "label3", "label4")
 
 # Colours as relative (R, G, B) = (i, r, g band) flux, mean 1. Ellipticals and bulges are red, arms and clumps blue.
-RED = np.array([1.28, 1.0, 0.72], np.float32)
-DISC = np.array([1.1, 1.0, 0.9], np.float32)
-BLUE = np.array([0.82, 0.96, 1.22], np.float32)
+RED = np.array([1.36, 1.0, 0.66], np.float32)
+DISC = np.array([1.24, 1.0, 0.8], np.float32)
+BLUE = np.array([0.88, 0.97, 1.16], np.float32)
 
-# Display: value = pedestal + STRETCH_A * asinh(I / STRETCH_SOFT) / I * flux, with flux in units of the sky noise.
-STRETCH_A = 24.0
-STRETCH_SOFT = 8.0
+BRIGHTNESS = 2.0  # all galaxy fluxes, to match the real cutouts' centre brightness
+PITCH_DEG = (18.0, 7.0)  # spiral arm pitch angle, mean and spread (degrees; docs/synthetic.md)
 DUST_K = np.array([0.72, 0.86, 1.0], np.float32)  # dust dims blue more than red
 
 Array = np.ndarray
@@ -226,7 +226,7 @@ def _spiral(img: Array, dx: Array, dy: Array, rng: np.random.Generator, s: float
     disc = i0 * np.exp(-r / h)
 
     m = int(rng.choice([2, 2, 2, 3, 4]))
-    pitch = math.radians(rng.uniform(12, 32))
+    pitch = math.radians(float(np.clip(rng.normal(*PITCH_DEG), 6, 40)))
     amp = rng.uniform(0.15, 0.85)  # low amplitude: faint arms, looks like an elliptical or S0
     sharp = rng.uniform(2.0, 6.0)
     mean_pattern = math.exp(math.lgamma(sharp + 0.5) - math.lgamma(sharp + 1.0)) / math.sqrt(math.pi)
@@ -333,9 +333,19 @@ CLASS_RENDERERS: tuple[Callable[..., None], ...] = (
 assert len(CLASS_RENDERERS) == NUM_CLASSES
 
 
-def _add_field(img: Array, rng: np.random.Generator, s: float, psf: float) -> None:
+# Field objects per cutout of a galaxy with R90 = 10 arcsec (the cutout covers (8.48 R90)^2 of sky, so the counts
+# grow with R90^2); matched to what the three real cutouts in data/gz2_real_samples show.
+FIELD_STARS = 7.0
+FIELD_GALAXIES = 14.0
+NEIGHBOUR = 0.35  # chance of a resolved neighbour galaxy in the cutout
+
+
+def _add_field(img: Array, rng: np.random.Generator, s: float, obs: Observation) -> None:
     """Foreground stars and small background galaxies anywhere in the cutout (already PSF-blurred)."""
     size = img.shape[0]
+    psf = obs.psf_sigma
+    arcsec = SIZE / size * obs.r90_arcsec * 0.02  # arcsec per pixel of this image
+    area = (obs.r90_arcsec / 10.0) ** 2
 
     def position() -> tuple[float, float]:
         while True:  # mostly keep them off the target galaxy
@@ -343,16 +353,27 @@ def _add_field(img: Array, rng: np.random.Generator, s: float, psf: float) -> No
             if math.hypot(x - size / 2, y - size / 2) > 45 * s or rng.random() < 0.1:
                 return float(x), float(y)
 
-    for _ in range(rng.poisson(4)):
+    for _ in range(rng.poisson(FIELD_GALAXIES * area)):
         x, y = position()
-        sigma = rng.uniform(1.0, 3.5) * s
+        sigma = rng.uniform(0.3, 1.5) / arcsec  # faint background galaxies are 0.5-3 arcsec across
         q = rng.uniform(0.3, 1.0)
-        flux = _loguniform(rng, 200, 8000)
-        col = _colour(rng, RED if rng.random() < 0.5 else BLUE, 0.1)
+        flux = _loguniform(rng, 150, 6000)
+        col = _colour(rng, RED if rng.random() < 0.6 else BLUE, 0.1)
         _add_gaussian(
             img, x, y, col * flux, math.hypot(sigma, psf), math.hypot(sigma * q, psf), rng.uniform(0, math.pi)
         )
-    for _ in range(rng.poisson(5)):
+    if rng.random() < NEIGHBOUR:  # a resolved neighbour: a small disc or spheroid 60-180 px from the centre
+        r, angle = rng.uniform(60, 180) * s, rng.uniform(0, 2 * math.pi)
+        x, y = size / 2 + r * math.cos(angle), size / 2 + r * math.sin(angle)
+        re, n = rng.uniform(3, 12) * s, rng.choice([1.0, 4.0])
+        half = int(min(6 * re + 3 * psf, size / 4))
+        x0, y0 = int(x) - half, int(y) - half
+        yy, xx = np.mgrid[y0 : y0 + 2 * half, x0 : x0 + 2 * half].astype(np.float32)
+        profile = _sersic(xx - x, yy - y, math.hypot(re, psf), n, rng.uniform(0.3, 1.0), rng.uniform(0, math.pi), 1.0)
+        col = _colour(rng, RED if n > 2 else DISC) * _loguniform(rng, 5, 80) * math.exp(_sersic_b(n))
+        ys, xs = slice(max(y0, 0), min(y0 + 2 * half, size)), slice(max(x0, 0), min(x0 + 2 * half, size))
+        img[ys, xs] += profile[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0, None] * col
+    for _ in range(rng.poisson(FIELD_STARS * area)):
         x, y = position()
         flux = _loguniform(rng, 300, 300_000)
         t = rng.random()  # along the stellar colour locus, hot/blue to cool/red
@@ -361,36 +382,6 @@ def _add_field(img: Array, rng: np.random.Generator, s: float, psf: float) -> No
         )
         _add_gaussian(img, x, y, col * flux * 0.9, psf)
         _add_gaussian(img, x, y, col * flux * 0.1, 3 * psf)  # PSF wings
-
-
-def _to_display(img: Array, rng: np.random.Generator) -> Array:
-    """Sky noise (Gaussian, variance grows with the source as for Poisson counts, correlated over ~2 pixels like
-    resampled SDSS frames), then a Lupton asinh stretch that keeps colours, then 8-bit. Works on colour planes
-    (3, H, W): reductions over a last axis of 3 are slow in numpy."""
-    h, w = img.shape[:2]
-    planes = np.ascontiguousarray(img.transpose(2, 0, 1))
-    gain = rng.uniform(15, 50)
-    noise = rng.standard_normal((3, h + 1, w + 1), dtype=np.float32)
-    noise = noise[:, :-1, :-1] + noise[:, 1:, :-1] + noise[:, :-1, 1:] + noise[:, 1:, 1:]
-    sigma = np.maximum(planes, 0.0)
-    sigma *= 1.0 / gain
-    sigma += 1.0
-    np.sqrt(sigma, out=sigma)
-    sigma *= 0.5 * rng.uniform(0.8, 1.3)
-    noise *= sigma
-    planes += noise
-    x = (planes[0] + planes[1] + planes[2]) * (1.0 / (3.0 * STRETCH_SOFT))
-    x = np.where(np.abs(x) < 1e-3, np.float32(1e-3), x)
-    factor = np.arcsinh(x) / x * (STRETCH_A / STRETCH_SOFT)
-    planes *= factor
-    pedestal = np.array([7.0, 6.0, 3.5], np.float32) * rng.uniform(0.7, 1.3)
-    top = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
-    limit = 255.0 - float(pedestal.max())
-    np.maximum(top, limit, out=top)
-    planes *= limit / top  # saturate towards white, keeping the hue
-    planes += (pedestal + 0.5)[:, None, None]
-    np.clip(planes, 0, 255, out=planes)
-    return np.ascontiguousarray(planes.astype(np.uint8).transpose(1, 2, 0))
 
 
 def render_galaxy(label: int, rng: np.random.Generator, size: int = SIZE) -> Array:
@@ -407,14 +398,14 @@ def render_galaxy(label: int, rng: np.random.Generator, size: int = SIZE) -> Arr
     dx, dy = xx - np.float32(centre[0]), yy - np.float32(centre[1])
     flux = np.zeros((window, window, 3), np.float32)
     CLASS_RENDERERS[int(label)](flux, dx, dy, rng, s)
-    psf = rng.uniform(1.0, 2.6) * s
-    flux *= _taper(window) * np.float32(_loguniform(rng, 0.5, 2.0))  # soft window edge, overall brightness
-    flux = _blur(flux, psf)
+    obs = observe(rng, size)
+    flux *= _taper(window) * np.float32(BRIGHTNESS * _loguniform(rng, 0.5, 2.0))  # soft edge, overall brightness
+    flux = _blur(flux, obs.psf_sigma)
     img = np.zeros((size, size, 3), np.float32)
     o = (size - window) // 2
     img[o : o + window, o : o + window] = flux
-    _add_field(img, rng, s, psf)
-    return _to_display(img, rng)
+    _add_field(img, rng, s, obs)
+    return to_display(img, rng, obs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -616,11 +607,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--preview", type=Path, metavar="PNG", help="also write a labelled montage of 6 examples per class"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="print the realism table (pixel statistics of --n images, default 200, rendered in memory, beside the "
+        "real cutouts'); exit status 1 if a median is outside the tolerance",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.stats and args.out is None and args.preview is None:
+        from training.realism import print_report
+
+        return print_report(args.n or 200, args.seed, args.proportions)
     if args.out is None and args.preview is None:
-        print("error: give --out DIR (with --n) to write a dataset, and/or --preview PNG", file=sys.stderr)
+        print("error: give --out DIR (with --n) to write a dataset, --preview PNG, or --stats", file=sys.stderr)
         return 2
     try:
         if args.out is not None:
