@@ -384,8 +384,14 @@ def _add_field(img: Array, rng: np.random.Generator, s: float, obs: Observation)
         _add_gaussian(img, x, y, col * flux * 0.1, 3 * psf)  # PSF wings
 
 
-def render_galaxy(label: int, rng: np.random.Generator, size: int = SIZE) -> Array:
-    """One synthetic cutout of class `label` (index into CLASS_NAMES): (size, size, 3) uint8."""
+def render_galaxy(
+    label: int,
+    rng: np.random.Generator,
+    size: int = SIZE,
+    extra: Callable[[Array, Observation, np.random.Generator], None] | None = None,
+) -> Array:
+    """One synthetic cutout of class `label` (index into CLASS_NAMES): (size, size, 3) uint8. `extra` may add
+    flux (an artefact, training/oddities.py) to the PSF-blurred (size, size, 3) flux image before the display."""
     if not 0 <= int(label) < NUM_CLASSES:
         raise ValueError(f"label must be in 0..{NUM_CLASSES - 1}, got {label}")
     if size < 32:
@@ -405,6 +411,8 @@ def render_galaxy(label: int, rng: np.random.Generator, size: int = SIZE) -> Arr
     o = (size - window) // 2
     img[o : o + window, o : o + window] = flux
     _add_field(img, rng, s, obs)
+    if extra is not None:
+        extra(img, obs, rng)
     return to_display(img, rng, obs)
 
 
@@ -543,10 +551,15 @@ def write_dataset(
 
 
 def write_preview(
-    png_path: str | os.PathLike, dataset: str | os.PathLike | None = None, seed: int = 0, per_class: int = 6
+    png_path: str | os.PathLike,
+    dataset: str | os.PathLike | None = None,
+    seed: int = 0,
+    per_class: int = 6,
+    with_real: bool = False,
 ) -> Path:
     """Montage of `per_class` examples of each class (one row per class, labelled), from `dataset` (its train split,
-    then valid and test) or, without it, freshly rendered from `seed`."""
+    then valid and test) or, without it, freshly rendered from `seed`; `with_real` adds a first row with the
+    three real GZ2 cutouts of data/gz2_real_samples."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -566,7 +579,13 @@ def write_preview(
             rows[label] = [
                 render_galaxy(label, np.random.default_rng([seed, label, j, 0xF00])) for j in range(per_class)
             ]
-    fig, axes = plt.subplots(NUM_CLASSES, per_class, figsize=(per_class * 2.0, NUM_CLASSES * 2.0), squeeze=False)
+    names = [f"{label}: {CLASS_NAMES[label]}" for label in range(NUM_CLASSES)]
+    if with_real:
+        from training.realism import real_images
+
+        rows.insert(0, real_images()[:per_class])
+        names.insert(0, "real GZ2 (data/)")
+    fig, axes = plt.subplots(len(rows), per_class, figsize=(per_class * 2.0, len(rows) * 2.0), squeeze=False)
     for label, images in enumerate(rows):
         for j in range(per_class):
             ax = axes[label][j]
@@ -577,7 +596,7 @@ def write_preview(
             else:
                 ax.set_facecolor("0.5")
             if j == 0:
-                ax.set_ylabel(f"{label}: {CLASS_NAMES[label]}", fontsize=8)
+                ax.set_ylabel(names[label], fontsize=8)
     fig.suptitle("galaxyvit synthetic galaxies (424x424 cutouts)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     path = Path(png_path)
@@ -606,6 +625,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preview", type=Path, metavar="PNG", help="also write a labelled montage of 6 examples per class"
     )
+    parser.add_argument("--with-real", action="store_true", help="--preview: a first row of the real GZ2 cutouts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--stats",
@@ -633,7 +653,7 @@ def main(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - start
             print(f"wrote {args.n} images to {args.out} in {elapsed:.1f} s ({args.n / elapsed:.1f} images/s)")
         if args.preview is not None:
-            path = write_preview(args.preview, dataset=args.out, seed=args.seed)
+            path = write_preview(args.preview, dataset=args.out, seed=args.seed, with_real=args.with_real)
             print(f"wrote preview {path}")
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
