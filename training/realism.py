@@ -89,7 +89,7 @@ def misses(summary: dict[str, tuple[float, ...]], target: dict[str, tuple[float,
 def _cell(values: tuple[float, ...], key: str) -> str:
     if key == "area" or key == "centre_rb":
         return f"{values[0]:.2f}"
-    digits = 1 if key == "noise" else 0
+    digits = 2 if key == "noise" else 0
     return " / ".join(f"{v:.{digits}f}" for v in values)
 
 
