@@ -1,9 +1,10 @@
 """Write a synthetic dataset of the 8 galaxy classes in the GZ2 layout, so everything runs without
 the Galaxy Zoo 2 images.
 
-Each image is a procedural 424x424 RGB JPEG made to look like an SDSS gri cutout (dark sky,
-a faint galaxy near the centre, foreground stars and small background galaxies, PSF blur, sky
-noise, Lupton-style asinh colour stretch):
+Each image is a procedural 424x424 RGB JPEG made to look like an SDSS gri cutout as GZ2 shows it: a
+galaxy near the centre with foreground stars, background galaxies and sometimes a neighbour, observed
+as in training/sky.py (GZ2 cutout scale, seeing PSF, sky and Poisson noise, Lupton asinh colour display;
+`galaxyvit synth --stats` compares its pixel statistics with real cutouts, docs/synthetic.md):
   round / in-between / cigar-shaped ellipticals: red Sersic profiles with axis ratio q about
     0.75-1 / 0.40-0.85 / 0.15-0.50 (ranges overlap, so neighbours are confusable);
   edge-on spiral: thin exponential disc with a bulge and (often) a dust lane, some of them
@@ -14,7 +15,7 @@ noise, Lupton-style asinh colour stretch):
 
 Output (the GZ2 layout that training reads; see `galaxyvit train --help`):
   DIR/gz2_train.csv, DIR/gz2_valid.csv, DIR/gz2_test.csv   galaxyID,label1,label2,label3,label4
-  DIR/images/<galaxyID>.jpg                                424x424 RGB, JPEG quality 90
+  DIR/images/<galaxyID>.jpg                                424x424 RGB, JPEG quality 75
 Split sizes follow the GZ2 split ratio 99,808 / 24,952 / 31,191; class balance defaults to the
 GZ2 training split. The CSVs are written last: a directory without them is an unfinished run.
 The same --n, --seed and --proportions give byte-identical files for any number of --workers.
