@@ -220,3 +220,48 @@ def load_ood_rule(model_dir: str | Path, card: ModelCard) -> OODRule | None:
     if card.ood["method"] == "mahalanobis":
         gaussians = FeatureGaussians.load(verified_artifact(model_dir, card, GAUSSIANS_ARTIFACT))
     return OODRule.from_dict(dict(card.ood), gaussians)
+
+
+def _rows(array: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if array is None else array[mask]
+
+
+@dataclass(frozen=True)
+class HeldOutKind:
+    """How a rule fitted without one kind of non-galaxy image does on that kind."""
+
+    kind: str
+    method: str  # the score chosen on the other kinds
+    auroc: float  # galaxies against the held-out kind, with that score
+    flagged: float  # share of the held-out kind below the rule's threshold
+
+
+def leave_one_kind_out(
+    galaxy_logits: np.ndarray,
+    ood_logits: np.ndarray,
+    kinds: list[str],
+    galaxy_embeddings: np.ndarray | None = None,
+    ood_embeddings: np.ndarray | None = None,
+    gaussians: FeatureGaussians | None = None,
+    keep: float = KEEP,
+) -> list[HeldOutKind]:
+    """For every kind: choose the score and fit the rule as an export does, on the other kinds only, then
+    measure it on the held-out kind (is the flag ready for a kind of non-galaxy it never saw?)."""
+    kinds_array = np.asarray(kinds)
+    if len(kinds_array) != len(ood_logits):
+        raise ValueError(f"{len(kinds_array)} kinds for {len(ood_logits)} non-galaxy images")
+    out = []
+    for kind in dict.fromkeys(kinds):
+        seen, held = kinds_array != kind, kinds_array == kind
+        if not seen.any():
+            raise ValueError("leave-one-kind-out needs at least two kinds")
+        method, _ = choose_method(
+            galaxy_logits, ood_logits[seen], galaxy_embeddings, _rows(ood_embeddings, seen), gaussians
+        )
+        rule = fit_ood_rule(galaxy_logits, method, keep, galaxy_embeddings, gaussians)
+        held_scores = rule.scores(ood_logits[held], _rows(ood_embeddings, held))
+        galaxy_scores = rule.scores(galaxy_logits, galaxy_embeddings)
+        out.append(
+            HeldOutKind(kind, method, auroc(galaxy_scores, held_scores), float((held_scores < rule.threshold).mean()))
+        )
+    return out

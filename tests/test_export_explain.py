@@ -34,6 +34,7 @@ from training.export_gate import (
     read_valid_split,
 )
 from training.models import build_model
+from training.ood_images import OOD_KINDS
 from training.random_models import export_random
 from training.registry import get_run
 
@@ -113,7 +114,7 @@ def test_export_fits_an_ood_rule_the_service_applies_with_numpy(overconfident, d
     model_dir, card, _, home = overconfident
     ood = card.ood
     assert set(ood["aurocs"]) == set(METHODS) and ood["method"] == max(ood["aurocs"], key=ood["aurocs"].get)
-    assert ood["n_valid"] == N_VALID and ood["n_ood"] == 7 * OOD_PER_KIND and ood["keep"] == 0.95
+    assert ood["n_valid"] == N_VALID and ood["n_ood"] == len(OOD_KINDS) * OOD_PER_KIND and ood["keep"] == 0.95
     assert ood["valid_pass_rate"] >= 0.95
     # on a model whose logits say nothing, the embedding-space score is the one that separates (docs/explain.md)
     assert ood["method"] == "mahalanobis" and card.artifacts["ood_gaussians"]["file"] == "ood_gaussians.npz"
@@ -213,4 +214,5 @@ def test_an_embedding_or_map_off_the_gate_writes_nothing(explain, overconfident,
 def test_random_models_can_carry_calibration_and_ood(data, tmp_path):
     """The helper the serving tests use exports a model with the fitted fields when given validation data."""
     card = load_card(export_random("vit", tmp_path, tmp_path / "home", tiny=True, valid_dir=data) / "fp32.card.json")
-    assert card.calibration["n_samples"] == 64 and card.ood["n_ood"] == 7 * 4  # the helper's max_valid, per kind
+    # the helper's max_valid, and its images per kind
+    assert card.calibration["n_samples"] == 64 and card.ood["n_ood"] == len(OOD_KINDS) * 4

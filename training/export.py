@@ -290,7 +290,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--ood-per-kind",
         type=int,
         default=DEFAULT_OOD_PER_KIND,
-        help=f"with --valid-data: non-galaxy images of each of 7 kinds that choose the OOD score "
+        help=f"with --valid-data: non-galaxy images of each of 14 kinds that choose the OOD score "
         f"(default {DEFAULT_OOD_PER_KIND}; 0: no OOD rule)",
     )
     parser.add_argument("--no-explain", action="store_true", help="do not export the explain variant")

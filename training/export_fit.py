@@ -46,7 +46,7 @@ from training.export_gate import (
 from training.ood_images import ood_images
 
 DEFAULT_MAX_TRAIN = 1024  # training images whose embeddings fit the Mahalanobis Gaussians
-DEFAULT_OOD_PER_KIND = 20  # non-galaxy images of each of the 7 kinds (140 in all)
+DEFAULT_OOD_PER_KIND = 10  # non-galaxy images of each of the 14 kinds (140 in all)
 OOD_SEED = 0
 
 

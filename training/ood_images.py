@@ -10,7 +10,9 @@ asinh display as training/synthetic.py where the kind is astronomical:
   flat_grey        one grey level everywhere;
   natural_scene    a daylight-like scene: sky gradient, horizon, textured 1/f ground;
   galaxy_edge      a synthetic galaxy shown 2x larger with its centre just outside the model's
-                   centre crop, so only an edge of it is in view.
+                   centre crop, so only an edge of it is in view;
+and the survey artefacts of training/oddities.py: satellite_trail, aeroplane_trail, bleed_trail, survey_edge,
+misregistered, star_on_galaxy, text_page.
 `ood_images(n_per_kind, seed)` gives a reproducible set; `write_ood_images` saves one as PNGs.
 """
 
@@ -23,7 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.synthetic import SIZE, _add_gaussian, _colour, _loguniform, _to_display, render_galaxy
+from training.oddities import KINDS as ODDITIES
+from training.sky import to_display as _to_display
+from training.synthetic import SIZE, _add_gaussian, _colour, _loguniform, render_galaxy
 
 STAR_COLOUR = np.array([1.0, 1.0, 1.0], np.float32)
 
@@ -118,6 +122,7 @@ OOD_KINDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "flat_grey": flat_grey,
     "natural_scene": natural_scene,
     "galaxy_edge": galaxy_edge,
+    **ODDITIES,  # survey artefacts and mishaps (training/oddities.py)
 }
 
 

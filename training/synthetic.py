@@ -1,9 +1,10 @@
 """Write a synthetic dataset of the 8 galaxy classes in the GZ2 layout, so everything runs without
 the Galaxy Zoo 2 images.
 
-Each image is a procedural 424x424 RGB JPEG made to look like an SDSS gri cutout (dark sky,
-a faint galaxy near the centre, foreground stars and small background galaxies, PSF blur, sky
-noise, Lupton-style asinh colour stretch):
+Each image is a procedural 424x424 RGB JPEG made to look like an SDSS gri cutout as GZ2 shows it: a
+galaxy near the centre with foreground stars, background galaxies and sometimes a neighbour, observed
+as in training/sky.py (GZ2 cutout scale, seeing PSF, sky and Poisson noise, Lupton asinh colour display;
+`galaxyvit synth --stats` compares its pixel statistics with real cutouts, docs/synthetic.md):
   round / in-between / cigar-shaped ellipticals: red Sersic profiles with axis ratio q about
     0.75-1 / 0.40-0.85 / 0.15-0.50 (ranges overlap, so neighbours are confusable);
   edge-on spiral: thin exponential disc with a bulge and (often) a dust lane, some of them
@@ -14,7 +15,7 @@ noise, Lupton-style asinh colour stretch):
 
 Output (the GZ2 layout that training reads; see `galaxyvit train --help`):
   DIR/gz2_train.csv, DIR/gz2_valid.csv, DIR/gz2_test.csv   galaxyID,label1,label2,label3,label4
-  DIR/images/<galaxyID>.jpg                                424x424 RGB, JPEG quality 90
+  DIR/images/<galaxyID>.jpg                                424x424 RGB, JPEG quality 75
 Split sizes follow the GZ2 split ratio 99,808 / 24,952 / 31,191; class balance defaults to the
 GZ2 training split. The CSVs are written last: a directory without them is an unfinished run.
 The same --n, --seed and --proportions give byte-identical files for any number of --workers.
@@ -24,6 +25,7 @@ Examples:
   galaxyvit synth --n 800 --out data/balanced --proportions uniform --workers 2
   galaxyvit synth --preview synth_preview.png            # montage only, no dataset
   galaxyvit synth --n 400 --out data/s --preview s.png   # dataset + montage of its images
+  galaxyvit synth --stats --n 200 --seed 0               # realism table: synthetic vs real pixel statistics
 """
 
 from __future__ import annotations
@@ -45,22 +47,21 @@ from PIL import Image
 from tqdm import tqdm
 
 from galaxyvit.classes import CLASS_NAMES, GZ2_TRAIN_COUNTS, NUM_CLASSES
+from training.sky import JPEG_QUALITY, Observation, observe, to_display
 
 SIZE = 424
 SPLITS = ("train", "valid", "test")
 GZ2_SPLIT_SIZES = (99_808, 24_952, 31_191)
-JPEG_QUALITY = 90
 MIN_IMAGES = NUM_CLASSES
 CSV_HEADER = ("galaxyID", "label1", "label2", "label3", "label4")
 
 # Colours as relative (R, G, B) = (i, r, g band) flux, mean 1. Ellipticals and bulges are red, arms and clumps blue.
-RED = np.array([1.28, 1.0, 0.72], np.float32)
-DISC = np.array([1.1, 1.0, 0.9], np.float32)
-BLUE = np.array([0.82, 0.96, 1.22], np.float32)
+RED = np.array([1.36, 1.0, 0.66], np.float32)
+DISC = np.array([1.24, 1.0, 0.8], np.float32)
+BLUE = np.array([0.88, 0.97, 1.16], np.float32)
 
-# Display: value = pedestal + STRETCH_A * asinh(I / STRETCH_SOFT) / I * flux, with flux in units of the sky noise.
-STRETCH_A = 24.0
-STRETCH_SOFT = 8.0
+BRIGHTNESS = 2.0  # all galaxy fluxes, to match the real cutouts' centre brightness
+PITCH_DEG = (18.0, 7.0)  # spiral arm pitch angle, mean and spread (degrees; docs/synthetic.md)
 DUST_K = np.array([0.72, 0.86, 1.0], np.float32)  # dust dims blue more than red
 
 Array = np.ndarray
@@ -226,7 +227,7 @@ def _spiral(img: Array, dx: Array, dy: Array, rng: np.random.Generator, s: float
     disc = i0 * np.exp(-r / h)
 
     m = int(rng.choice([2, 2, 2, 3, 4]))
-    pitch = math.radians(rng.uniform(12, 32))
+    pitch = math.radians(float(np.clip(rng.normal(*PITCH_DEG), 6, 40)))
     amp = rng.uniform(0.15, 0.85)  # low amplitude: faint arms, looks like an elliptical or S0
     sharp = rng.uniform(2.0, 6.0)
     mean_pattern = math.exp(math.lgamma(sharp + 0.5) - math.lgamma(sharp + 1.0)) / math.sqrt(math.pi)
@@ -333,9 +334,19 @@ CLASS_RENDERERS: tuple[Callable[..., None], ...] = (
 assert len(CLASS_RENDERERS) == NUM_CLASSES
 
 
-def _add_field(img: Array, rng: np.random.Generator, s: float, psf: float) -> None:
+# Field objects per cutout of a galaxy with R90 = 10 arcsec (the cutout covers (8.48 R90)^2 of sky, so the counts
+# grow with R90^2); matched to what the three real cutouts in data/gz2_real_samples show.
+FIELD_STARS = 7.0
+FIELD_GALAXIES = 14.0
+NEIGHBOUR = 0.35  # chance of a resolved neighbour galaxy in the cutout
+
+
+def _add_field(img: Array, rng: np.random.Generator, s: float, obs: Observation) -> None:
     """Foreground stars and small background galaxies anywhere in the cutout (already PSF-blurred)."""
     size = img.shape[0]
+    psf = obs.psf_sigma
+    arcsec = SIZE / size * obs.r90_arcsec * 0.02  # arcsec per pixel of this image
+    area = (obs.r90_arcsec / 10.0) ** 2
 
     def position() -> tuple[float, float]:
         while True:  # mostly keep them off the target galaxy
@@ -343,16 +354,27 @@ def _add_field(img: Array, rng: np.random.Generator, s: float, psf: float) -> No
             if math.hypot(x - size / 2, y - size / 2) > 45 * s or rng.random() < 0.1:
                 return float(x), float(y)
 
-    for _ in range(rng.poisson(4)):
+    for _ in range(rng.poisson(FIELD_GALAXIES * area)):
         x, y = position()
-        sigma = rng.uniform(1.0, 3.5) * s
+        sigma = rng.uniform(0.3, 1.5) / arcsec  # faint background galaxies are 0.5-3 arcsec across
         q = rng.uniform(0.3, 1.0)
-        flux = _loguniform(rng, 200, 8000)
-        col = _colour(rng, RED if rng.random() < 0.5 else BLUE, 0.1)
+        flux = _loguniform(rng, 150, 6000)
+        col = _colour(rng, RED if rng.random() < 0.6 else BLUE, 0.1)
         _add_gaussian(
             img, x, y, col * flux, math.hypot(sigma, psf), math.hypot(sigma * q, psf), rng.uniform(0, math.pi)
         )
-    for _ in range(rng.poisson(5)):
+    if rng.random() < NEIGHBOUR:  # a resolved neighbour: a small disc or spheroid 60-180 px from the centre
+        r, angle = rng.uniform(60, 180) * s, rng.uniform(0, 2 * math.pi)
+        x, y = size / 2 + r * math.cos(angle), size / 2 + r * math.sin(angle)
+        re, n = rng.uniform(3, 12) * s, rng.choice([1.0, 4.0])
+        half = int(min(6 * re + 3 * psf, size / 4))
+        x0, y0 = int(x) - half, int(y) - half
+        yy, xx = np.mgrid[y0 : y0 + 2 * half, x0 : x0 + 2 * half].astype(np.float32)
+        profile = _sersic(xx - x, yy - y, math.hypot(re, psf), n, rng.uniform(0.3, 1.0), rng.uniform(0, math.pi), 1.0)
+        col = _colour(rng, RED if n > 2 else DISC) * _loguniform(rng, 5, 80) * math.exp(_sersic_b(n))
+        ys, xs = slice(max(y0, 0), min(y0 + 2 * half, size)), slice(max(x0, 0), min(x0 + 2 * half, size))
+        img[ys, xs] += profile[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0, None] * col
+    for _ in range(rng.poisson(FIELD_STARS * area)):
         x, y = position()
         flux = _loguniform(rng, 300, 300_000)
         t = rng.random()  # along the stellar colour locus, hot/blue to cool/red
@@ -363,38 +385,14 @@ def _add_field(img: Array, rng: np.random.Generator, s: float, psf: float) -> No
         _add_gaussian(img, x, y, col * flux * 0.1, 3 * psf)  # PSF wings
 
 
-def _to_display(img: Array, rng: np.random.Generator) -> Array:
-    """Sky noise (Gaussian, variance grows with the source as for Poisson counts, correlated over ~2 pixels like
-    resampled SDSS frames), then a Lupton asinh stretch that keeps colours, then 8-bit. Works on colour planes
-    (3, H, W): reductions over a last axis of 3 are slow in numpy."""
-    h, w = img.shape[:2]
-    planes = np.ascontiguousarray(img.transpose(2, 0, 1))
-    gain = rng.uniform(15, 50)
-    noise = rng.standard_normal((3, h + 1, w + 1), dtype=np.float32)
-    noise = noise[:, :-1, :-1] + noise[:, 1:, :-1] + noise[:, :-1, 1:] + noise[:, 1:, 1:]
-    sigma = np.maximum(planes, 0.0)
-    sigma *= 1.0 / gain
-    sigma += 1.0
-    np.sqrt(sigma, out=sigma)
-    sigma *= 0.5 * rng.uniform(0.8, 1.3)
-    noise *= sigma
-    planes += noise
-    x = (planes[0] + planes[1] + planes[2]) * (1.0 / (3.0 * STRETCH_SOFT))
-    x = np.where(np.abs(x) < 1e-3, np.float32(1e-3), x)
-    factor = np.arcsinh(x) / x * (STRETCH_A / STRETCH_SOFT)
-    planes *= factor
-    pedestal = np.array([7.0, 6.0, 3.5], np.float32) * rng.uniform(0.7, 1.3)
-    top = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
-    limit = 255.0 - float(pedestal.max())
-    np.maximum(top, limit, out=top)
-    planes *= limit / top  # saturate towards white, keeping the hue
-    planes += (pedestal + 0.5)[:, None, None]
-    np.clip(planes, 0, 255, out=planes)
-    return np.ascontiguousarray(planes.astype(np.uint8).transpose(1, 2, 0))
-
-
-def render_galaxy(label: int, rng: np.random.Generator, size: int = SIZE) -> Array:
-    """One synthetic cutout of class `label` (index into CLASS_NAMES): (size, size, 3) uint8."""
+def render_galaxy(
+    label: int,
+    rng: np.random.Generator,
+    size: int = SIZE,
+    extra: Callable[[Array, Observation, np.random.Generator], None] | None = None,
+) -> Array:
+    """One synthetic cutout of class `label` (index into CLASS_NAMES): (size, size, 3) uint8. `extra` may add
+    flux (an artefact, training/oddities.py) to the PSF-blurred (size, size, 3) flux image before the display."""
     if not 0 <= int(label) < NUM_CLASSES:
         raise ValueError(f"label must be in 0..{NUM_CLASSES - 1}, got {label}")
     if size < 32:
@@ -407,14 +405,16 @@ def render_galaxy(label: int, rng: np.random.Generator, size: int = SIZE) -> Arr
     dx, dy = xx - np.float32(centre[0]), yy - np.float32(centre[1])
     flux = np.zeros((window, window, 3), np.float32)
     CLASS_RENDERERS[int(label)](flux, dx, dy, rng, s)
-    psf = rng.uniform(1.0, 2.6) * s
-    flux *= _taper(window) * np.float32(_loguniform(rng, 0.5, 2.0))  # soft window edge, overall brightness
-    flux = _blur(flux, psf)
+    obs = observe(rng, size)
+    flux *= _taper(window) * np.float32(BRIGHTNESS * _loguniform(rng, 0.5, 2.0))  # soft edge, overall brightness
+    flux = _blur(flux, obs.psf_sigma)
     img = np.zeros((size, size, 3), np.float32)
     o = (size - window) // 2
     img[o : o + window, o : o + window] = flux
-    _add_field(img, rng, s, psf)
-    return _to_display(img, rng)
+    _add_field(img, rng, s, obs)
+    if extra is not None:
+        extra(img, obs, rng)
+    return to_display(img, rng, obs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -552,10 +552,15 @@ def write_dataset(
 
 
 def write_preview(
-    png_path: str | os.PathLike, dataset: str | os.PathLike | None = None, seed: int = 0, per_class: int = 6
+    png_path: str | os.PathLike,
+    dataset: str | os.PathLike | None = None,
+    seed: int = 0,
+    per_class: int = 6,
+    with_real: bool = False,
 ) -> Path:
     """Montage of `per_class` examples of each class (one row per class, labelled), from `dataset` (its train split,
-    then valid and test) or, without it, freshly rendered from `seed`."""
+    then valid and test) or, without it, freshly rendered from `seed`; `with_real` adds a first row with the
+    three real GZ2 cutouts of data/gz2_real_samples."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -575,7 +580,13 @@ def write_preview(
             rows[label] = [
                 render_galaxy(label, np.random.default_rng([seed, label, j, 0xF00])) for j in range(per_class)
             ]
-    fig, axes = plt.subplots(NUM_CLASSES, per_class, figsize=(per_class * 2.0, NUM_CLASSES * 2.0), squeeze=False)
+    names = [f"{label}: {CLASS_NAMES[label]}" for label in range(NUM_CLASSES)]
+    if with_real:
+        from training.realism import real_images
+
+        rows.insert(0, real_images()[:per_class])
+        names.insert(0, "real GZ2 (data/)")
+    fig, axes = plt.subplots(len(rows), per_class, figsize=(per_class * 2.0, len(rows) * 2.0), squeeze=False)
     for label, images in enumerate(rows):
         for j in range(per_class):
             ax = axes[label][j]
@@ -586,7 +597,7 @@ def write_preview(
             else:
                 ax.set_facecolor("0.5")
             if j == 0:
-                ax.set_ylabel(f"{label}: {CLASS_NAMES[label]}", fontsize=8)
+                ax.set_ylabel(names[label], fontsize=8)
     fig.suptitle("galaxyvit synthetic galaxies (424x424 cutouts)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     path = Path(png_path)
@@ -615,12 +626,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preview", type=Path, metavar="PNG", help="also write a labelled montage of 6 examples per class"
     )
+    parser.add_argument("--with-real", action="store_true", help="--preview: a first row of the real GZ2 cutouts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="print the realism table (pixel statistics of --n images, default 200, rendered in memory, beside the "
+        "real cutouts'); exit status 1 if a median is outside the tolerance",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.stats and args.out is None and args.preview is None:
+        from training.realism import print_report
+
+        return print_report(args.n or 200, args.seed, args.proportions)
     if args.out is None and args.preview is None:
-        print("error: give --out DIR (with --n) to write a dataset, and/or --preview PNG", file=sys.stderr)
+        print("error: give --out DIR (with --n) to write a dataset, --preview PNG, or --stats", file=sys.stderr)
         return 2
     try:
         if args.out is not None:
@@ -632,7 +654,7 @@ def main(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - start
             print(f"wrote {args.n} images to {args.out} in {elapsed:.1f} s ({args.n / elapsed:.1f} images/s)")
         if args.preview is not None:
-            path = write_preview(args.preview, dataset=args.out, seed=args.seed)
+            path = write_preview(args.preview, dataset=args.out, seed=args.seed, with_real=args.with_real)
             print(f"wrote preview {path}")
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
