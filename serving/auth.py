@@ -22,7 +22,8 @@ from serving.config import ServingConfig
 from serving.errors import ServiceError, error_response
 
 KEY_ID = "galaxyvit.key"  # the ASGI scope entry that carries the authenticated key's id to the routes
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # health checks never need a key
+# health checks never need a key (also the Open Inference Protocol's, serving/oip.py)
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready"})
 HASH = re.compile(r"[0-9a-f]{64}")
 
 

@@ -28,6 +28,7 @@ from serving.config import ServingConfig
 from serving.connections import ConnectionLimits
 from serving.inference import ENTRY_SERVICE, INFERENCE_SERVICE, InferenceClient, inference_service
 from serving.metrics import multiprocess_dir
+from serving.oip import OpenInference, oip_app
 from serving.readiness import Readiness
 from serving.routes import Handlers, http_app
 from serving.store import PredictionStore
@@ -47,6 +48,8 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
     guard_api_server(ENTRY_SERVICE, ConnectionLimits.from_config(config), config.timeout_s)
     models = inference_service(config, catalog)
     app = http_app(config)
+    oip = oip_app(config)  # the Open Inference Protocol's /v2 routes (serving/oip.py)
+    readiness = Readiness(INFERENCE_SERVICE, config.inference_workers)
 
     class GalaxyClassifier:
         """HTTP front end; one instance per API worker, made when the worker starts."""
@@ -56,10 +59,12 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
         def __init__(self) -> None:
             store_dir = Path(config.store_dir or multiprocess_dir() or tempfile.mkdtemp(prefix="galaxyvit-"))
             store = PredictionStore(store_dir / "galaxyvit-predictions.sqlite", config.store_size)
-            app.state.handlers = Handlers(catalog, config, store, InferenceClient(self.inference))
+            handlers = Handlers(catalog, config, store, InferenceClient(self.inference))
+            app.state.handlers = handlers
+            oip.state.oip = OpenInference(catalog, config, handlers.inference, handlers.decoder, readiness)
 
     service = bentoml.service(name=ENTRY_SERVICE, workers=config.workers, traffic={"timeout": config.timeout_s})(
-        bentoml.asgi_app(app, path="/")(GalaxyClassifier)
+        bentoml.asgi_app(app, path="/")(bentoml.asgi_app(oip, path="/")(GalaxyClassifier))
     )
     if config.api_keys_file:  # outermost of the two: a request without a key is refused before its body is read
         service.add_asgi_middleware(AuthMiddleware, keys=ApiKeys(load_key_hashes(config.api_keys_file)), config=config)
@@ -68,6 +73,6 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
         max_concurrency=config.max_concurrency,
         retry_after=config.retry_after_s,
         uploads=UploadLimits.from_config(config),
-        readiness=Readiness(INFERENCE_SERVICE, config.inference_workers),
+        readiness=readiness,
     )
     return service
