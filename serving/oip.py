@@ -82,13 +82,14 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
     }
 
 
-def requested_outputs(header: dict[str, Any], model: ServedModel) -> list[tuple[str, bool]]:
-    """(name, as binary data) of each output the request asks for, in its order."""
+def requested_outputs(
+    header: dict[str, Any], model: ServedModel, available: dict[str, tuple[str, list[int]]]
+) -> list[tuple[str, bool]]:
+    """(name, as binary data) of each output the request asks for among the `available` ones, in its order."""
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise bad("request `parameters` must be an object")
     binary_default = parameters.get("binary_data_output", False) is True
-    available = outputs_of(model)
     specs = header.get("outputs")
     if specs is None:
         return [(name, binary_default) for name in DEFAULT_OUTPUTS if name in available]
@@ -119,7 +120,11 @@ class OpenInference:
         self.inference = inference
         self.decoder = decoder
         self.readiness = readiness
-        self.metrics = get_metrics()
+        # what each request needs of its model, made once (a card's `prep` is built anew at each access)
+        self.preps = {name: m.card.prep for name, m in catalog.models.items()}
+        self.outputs = {name: outputs_of(m) for name, m in catalog.models.items()}
+        predictions = get_metrics().predictions
+        self.counters = {name: [predictions.labels(name, c) for c in m.classes] for name, m in catalog.models.items()}
 
     def model(self, request: Request) -> ServedModel:
         name, version = request.path_params["name"], request.path_params.get("version")
@@ -160,7 +165,7 @@ class OpenInference:
         model = self.model(request)
         body = await read_body(request, self.config.max_upload_bytes)
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-        outputs = requested_outputs(header, model)
+        outputs = requested_outputs(header, model, self.outputs[model.name])
         crops = await self.crops(model, read_inputs(header, binary))
         embedding = any(name == "embedding" for name, _ in outputs)
         t = time.time()
@@ -169,9 +174,9 @@ class OpenInference:
         probabilities = np.stack([np.asarray(a["p"], np.float32) for a in answers])
         labels = probabilities.argmax(axis=1).astype(np.int64)
         for label in labels:
-            self.metrics.predictions.labels(model.name, model.classes[label]).inc()
+            self.counters[model.name][label].inc()
         values = {"probabilities": probabilities, "label": labels}
-        if "ood_score" in outputs_of(model):
+        if "ood_score" in self.outputs[model.name]:
             values["ood_score"] = np.array([a["ood_score"] for a in answers], np.float32)
         if embedding:
             values["embedding"] = np.stack([np.asarray(a["embedding"], np.float32) for a in answers])
@@ -194,7 +199,8 @@ class OpenInference:
         """The request's evaluation crops: given as `images`, or decoded from `image_bytes`."""
         if len(inputs) != 1 or not inputs.keys() <= {"images", "image_bytes"}:
             raise bad(f"give exactly one input, `images` or `image_bytes`, not {', '.join(map(repr, inputs))}")
-        size = model.card.prep.size
+        prep = self.preps[model.name]
+        size = prep.size
         tensor = next(iter(inputs.values()))
         if tensor.name == "images":
             if tensor.datatype != "UINT8" or len(tensor.shape) != 4 or tensor.shape[1:] != (size, size, 3):
@@ -206,8 +212,7 @@ class OpenInference:
         check_image_count(tensor.shape[0], 1, self.config)
         if isinstance(tensor.value, np.ndarray):
             return list(tensor.value)
-        prep, config = model.card.prep, self.config
-        return await self.decoder.map([functools.partial(decode_crop, b, prep, config) for b in tensor.value])
+        return await self.decoder.map([functools.partial(decode_crop, b, prep, self.config) for b in tensor.value])
 
 
 async def live(request: Request) -> Response:
