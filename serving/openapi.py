@@ -11,6 +11,7 @@ from typing import Any
 from inference.decode import RAW_CONTENT_TYPES
 from serving.catalog import Catalog
 from serving.config import ServingConfig
+from serving.oip_openapi import OIP_ERROR, oip_paths
 
 ERROR = {
     "type": "object",
@@ -228,6 +229,7 @@ def build_openapi(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                     },
                 }
             },
+            **oip_paths(catalog),  # the Open Inference Protocol's /v2 routes (serving/oip.py)
         },
-        "components": {"schemas": {"Error": ERROR}},
+        "components": {"schemas": {"Error": ERROR, "OipError": OIP_ERROR}},
     }

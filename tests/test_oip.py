@@ -255,3 +255,14 @@ def test_api_keys_guard_v2_but_not_its_health_checks(tmp_path):
             assert refused.status_code == 401 and "API key" in refused.json()["error"]
         allowed = keyed.post("/v2/models/vit/infer", headers={"Authorization": f"Bearer {KEY}"})
         assert allowed.status_code == 503 and allowed.json() == {"error": "service is starting"}
+
+
+def test_openapi_document_lists_the_v2_routes_and_validates(client):
+    from openapi_spec_validator import validate
+
+    document = client.get("/openapi.json").json()
+    validate(document)
+    assert {"/v2", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/infer"} <= set(document["paths"])
+    infer = document["paths"]["/v2/models/{name}/infer"]["post"]
+    assert {"400", "404", "413", "429"} <= set(infer["responses"])
+    assert infer["parameters"][0]["schema"]["enum"] == ["vit", "linformer", "vitbase"]
