@@ -2,7 +2,8 @@
 
   1. if no model is registered yet (BentoML model galaxyvit-NAME): generate synthetic galaxies,
      train a small run on them (`galaxyvit train`), export it to verified ONNX (`galaxyvit export`);
-  2. start the service on a free port of 127.0.0.1 (as `galaxyvit serve` does) and wait until /readyz answers;
+  2. start the service on a free port of 127.0.0.1 (as `galaxyvit serve` does), wait until /readyz answers and
+     print the address of its web page (/ui);
   3. classify the three real GZ2 cutouts of data/gz2_real_samples and a synthetic
      galaxy over HTTP, averaged over their 8 rotated/flipped views (tta=8), and print the calibrated
      answers with their spread and not-a-galaxy flag next to the known classes;
@@ -104,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
             server.start()
         except ServerNotReady as exc:
             raise SystemExit(f"demo: {exc}") from None
+        print(f"web page: {server.url}/ui  (drop cutouts on it while the service runs; --keep-serving keeps it up)")
         samples = sample_images(dataset)
         predictions = classify(server.url, [path for path, _ in samples], args.name, tta=8)
         print(f"\nPredictions of {tag(args.name)} over HTTP ({server.url}/classify, tta=8):")
@@ -130,7 +132,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"demo finished in {time.monotonic() - started:.0f} s")
         if args.keep_serving:
             print(
-                f"the service keeps running at {server.url} (pid {server.pid}); stop it with: kill -TERM -{server.pid}"
+                f"the service keeps running at {server.url}, web page {server.url}/ui (pid {server.pid}); "
+                f"stop it with: kill -TERM -{server.pid}"
             )
             keep = True
     finally:

@@ -3,7 +3,7 @@
 The rest are answered at once with 429 `overloaded` + Retry-After, so that a burst far beyond
 capacity is shed in milliseconds instead of queueing until every client times out.
 
-A request with a body (POST /classify, /classify/raw, /explain, /feedback) counts only once its body is in:
+A request with a body (POST /classify, /classify/raw, /explain, /feedback, /models) counts only once its body is in:
 the middleware receives it first, so slow uploaders cannot hold the slots. The upload must start
 within `body_timeout_s` and then average `min_upload_rate` bytes/s, else 408 `body_timeout`; all
 bodies still arriving share `upload_buffer_bytes` (beyond: 429). A client that hangs up mid-upload
@@ -31,7 +31,9 @@ from serving.readiness import Readiness
 logger = logging.getLogger("galaxyvit.serving")
 
 # BentoML's and the service's own cheap endpoints, never refused (health checks must answer under load)
-BYPASS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/openapi.json"}) | {
+BYPASS = frozenset(
+    {"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/openapi.json", "/schema.json"}
+) | {
     "/v2/health/live",  # the Open Inference Protocol's (serving/oip.py)
     "/v2/health/ready",
 }
@@ -68,10 +70,10 @@ class UploadLimits:
         return cls(config.max_upload_bytes, config.body_timeout_s, config.min_upload_rate, config.upload_buffer_bytes)
 
     def body_limit(self, path: str) -> int:
-        return FEEDBACK_BODY_BYTES if path == "/feedback" else self.max_upload_bytes
+        return FEEDBACK_BODY_BYTES if path in ("/feedback", "/models") else self.max_upload_bytes
 
 
-BODY_PATHS = frozenset({"/classify", "/classify/raw", "/explain", "/feedback"})
+BODY_PATHS = frozenset({"/classify", "/classify/raw", "/explain", "/feedback", "/models"})
 
 
 def has_body(path: str) -> bool:

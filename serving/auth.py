@@ -1,7 +1,8 @@
 """Optional API keys (setting `api_keys_file`): Bearer authentication, and the rules for /feedback.
 
 The file holds one SHA-256 hash (hex) per line of the keys allowed (`galaxyvit serve --hash-key` prints
-one); blank lines and `#` comments are skipped. The server never sees the keys at rest and never logs
+one); blank lines and `#` comments are skipped. The web page (GET /ui, serving/webui.py) needs no key: it
+asks its user for one and sends it with each call. The server never sees the keys at rest and never logs
 them: a request's key is hashed and compared with every stored hash in constant time. A key is known
 inside the service by `key_id`, the first 16 hex digits of its hash: predictions record it, and
 /feedback is taken only for predictions made for the same key, as `application/json`, and at most
@@ -20,10 +21,11 @@ from typing import Any
 
 from serving.config import ServingConfig
 from serving.errors import ServiceError, error_response
+from serving.webui import PAGE
 
 KEY_ID = "galaxyvit.key"  # the ASGI scope entry that carries the authenticated key's id to the routes
-# health checks never need a key (also the Open Inference Protocol's, serving/oip.py)
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready"})
+# health checks (also the Open Inference Protocol's, serving/oip.py) and the web page never need a key
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready", PAGE})
 HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -104,7 +106,7 @@ class AuthMiddleware:
         self.buckets: dict[str, TokenBucket] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(PAGE + "/"):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         key_id = self.keys.identify(headers.get(b"authorization", b"").decode("latin-1"))

@@ -1,7 +1,12 @@
 """Workarounds for BentoML 1.4.40 behaviour that breaks graceful shutdown, bounded metrics or connection limits.
 
-Each patch checks for the BentoML code layout it expects and does nothing otherwise; recheck them
-on a BentoML upgrade. serving/deployment.py applies them when `bentoml serve` builds the service.
+Each patch checks for the BentoML code layout it expects and does nothing otherwise; serving/deployment.py
+applies them when `bentoml serve` builds the service. BentoML 1.4.40 has no setting for any of them
+(its `traffic` options are a timeout and a concurrency cap, its `http` options host, port and CORS, its
+uvicorn settings backlog, keep-alive and TLS; `@bentoml.on_shutdown` runs after uvicorn has stopped
+listening, too late for the first and last patch). tests/test_bentoml_patches.py checks that each
+patched target still has the shape and the flaw patched here, so an upgrade that changes one fails
+there, loudly; pyproject.toml pins BentoML to the versions those tests cover.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from typing import Any
 
 logger = logging.getLogger("galaxyvit.serving")
+ORIGINALS: dict[str, Any] = {}  # "Class.method": what each patch replaced (tests/test_bentoml_patches.py reads them)
 
 
 def _api_workers_alive(entry_service: str) -> bool:
@@ -67,6 +73,8 @@ def stop_workers_before_cleanup() -> None:
     if getattr(Arbiter, "_workers_stop_first", False) or not hasattr(Arbiter, "stop"):
         return
 
+    ORIGINALS["Arbiter.stop"] = Arbiter.stop
+
     @gen.coroutine
     def stop(self: Arbiter) -> Any:  # a tornado coroutine, as circus defines it
         yield CircusArbiter.stop(self)
@@ -78,7 +86,17 @@ def stop_workers_before_cleanup() -> None:
 
 # paths BentoML's request metrics may label by name; every other path is counted as "/__other__"
 METRIC_PATHS = frozenset(
-    {"/", "/classify", "/classify/raw", "/models", "/feedback", "/openapi.json", "/docs.json"}
+    {
+        "/",
+        "/classify",
+        "/classify/raw",
+        "/explain",
+        "/models",
+        "/feedback",
+        "/openapi.json",
+        "/docs.json",
+        "/schema.json",
+    }
     | {"/livez", "/readyz", "/healthz", "/metrics"}
 )
 
@@ -108,7 +126,7 @@ def bound_metric_labels() -> None:
         return
     if getattr(Middleware, "_paths_bounded", False):
         return
-    original = Middleware.__call__
+    original = ORIGINALS["RunnerTrafficMetricsMiddleware.__call__"] = Middleware.__call__
 
     async def call(self: Middleware, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") == "http" and scope.get("path") not in METRIC_PATHS:
@@ -163,6 +181,7 @@ def guard_api_server(entry_service: str, limits: Any, drain_limit_s: float) -> N
     if getattr(uvicorn.Config, "_galaxyvit_patched", False):
         return
     original_load, original_shutdown = uvicorn.Config.load, uvicorn.Server.shutdown
+    ORIGINALS.update({"Config.load": original_load, "Server.shutdown": original_shutdown})
 
     def load(self: uvicorn.Config) -> None:
         original_load(self)

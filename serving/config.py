@@ -146,7 +146,8 @@ class ServingConfig:
         default="",
         metadata={
             "help": "file of API key SHA-256 hashes, one per line (`galaxyvit serve --hash-key`); when set, every "
-            "endpoint but /livez, /readyz and /metrics needs `Authorization: Bearer KEY`. Empty: no keys"
+            "endpoint but /livez, /readyz, /metrics and the web page /ui needs `Authorization: Bearer KEY`. "
+            "Empty: no keys"
         },
     )
     protect_metrics: bool = field(default=False, metadata={"help": "with `api_keys_file`, /metrics needs a key too"})
@@ -155,6 +156,14 @@ class ServingConfig:
     )
     feedback_burst: int = field(
         default=20, metadata={"help": "with `api_keys_file`: /feedback requests a key may send at once"}
+    )
+    tracing: bool = field(
+        default=False,
+        metadata={
+            "help": "pass every request through BentoML's OpenTelemetry middleware (set its exporter and "
+            "`sample_rate` in BentoML's configuration). Off, requests skip it: BentoML samples none by default, "
+            "and it took about a sixth of the API process's time per request (docs/performance.md)"
+        },
     )
     expose_model_details: bool = field(
         default=False,

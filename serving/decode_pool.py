@@ -8,7 +8,7 @@ client gone) cancels its jobs that have not started: asyncio cancels the thread 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -28,7 +28,7 @@ class DecodePool:
         """`job()` on a decoding thread; if the caller is cancelled before the job starts, it never runs."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, job)
 
-    async def map(self, jobs: list[Callable[[], T]]) -> list[T]:
+    async def map(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
         """Every job on the decoding threads, results in order; the first error is raised and the jobs
         that have not started are dropped."""
         tasks = [asyncio.ensure_future(self.run(job)) for job in jobs]

@@ -7,29 +7,25 @@ Everything the service refuses (bad uploads, unknown models or request ids, over
 
 from __future__ import annotations
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from inference.errors import ServiceError
 
-__all__ = ["ServiceError", "error_response", "starlette_error"]
+__all__ = ["ServiceError", "error_response"]
 
 
-def error_response(error: ServiceError, retry_after_s: int | None = None, close: bool = False) -> JSONResponse:
+def error_response(
+    error: ServiceError, retry_after_s: int | None = None, close: bool = False, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The JSON answer to `error`; 429 and 503 carry Retry-After when `retry_after_s` is given. `close`:
     end the connection after it (the request body was not read to its end)."""
     from serving.metrics import get_metrics
 
     get_metrics().errors.labels(error.kind).inc()
     retry = retry_after_s if retry_after_s and error.status in (429, 503) else None
-    headers = {"Retry-After": str(retry)} if retry else {}
+    headers = dict(headers or {})
+    if retry:
+        headers["Retry-After"] = str(retry)
     if close:
         headers["Connection"] = "close"
     return JSONResponse(error.to_dict(), status_code=error.status, headers=headers or None)
-
-
-async def starlette_error(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (unknown path, wrong method) in the service's JSON error format."""
-    status = int(getattr(exc, "status_code", 400))
-    kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
-    return error_response(ServiceError(kind, status, str(getattr(exc, "detail", "")) or kind.replace("_", " ")))

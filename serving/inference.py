@@ -14,8 +14,10 @@ and the not-a-galaxy score and flag.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import bentoml
@@ -150,14 +152,66 @@ class InferenceClient:
     """The front end's view of `galaxyvit_models`: its two APIs, with failures as ServiceErrors.
 
     `models` is the BentoML dependency: a client of the inference processes under `bentoml serve`,
-    a local `GalaxyModels` instance when the service runs in one process."""
+    a local `GalaxyModels` instance when the service runs in one process.
 
-    def __init__(self, models: Any) -> None:
+    Concurrent requests share calls: at most `max_calls` calls are in flight, and the items of requests
+    that arrive meanwhile wait and go together in the next call (up to `max_items`, BentoML's batch limit).
+    Each call costs the same HTTP request, pickling and answer on both sides whatever it carries, so under
+    load one call serves several requests; alone, a request's call goes at once.
+    """
+
+    def __init__(self, models: Any, max_items: int, max_calls: int = 2) -> None:
         self.models = models
+        self.max_items = max_items
+        self.max_calls = max_calls
+        self.waiting: deque[tuple[list[dict[str, Any]], asyncio.Future[list[Any]]]] = deque()
+        self.calls: set[asyncio.Task[None]] = set()
 
     async def infer(self, items: list[dict[str, Any]]) -> list[Any]:
+        """One scored answer per item, in order (a request cancelled while waiting drops its items)."""
+        answer: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((items, answer))
+        self._send()
+        return await answer
+
+    def _send(self) -> None:
+        while self.waiting and len(self.calls) < self.max_calls:
+            batch: list[tuple[list[dict[str, Any]], asyncio.Future[list[Any]]]] = []
+            size = 0
+            while self.waiting and (not batch or size + len(self.waiting[0][0]) <= self.max_items):
+                items, answer = self.waiting.popleft()
+                if not answer.done():  # cancelled: its request has gone
+                    batch.append((items, answer))
+                    size += len(items)
+            if batch:
+                call = asyncio.ensure_future(self._call(batch))
+                self.calls.add(call)
+                call.add_done_callback(self._done)
+
+    def _done(self, call: asyncio.Task[None]) -> None:
+        self.calls.discard(call)
+        self._send()
+
+    async def _call(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future[list[Any]]]]) -> None:
         try:
-            # one call per request: BentoML's batcher merges the calls of concurrent requests
+            answers = await self._infer([item for items, _ in batch for item in items])
+        except BaseException as exc:  # also a cancelled call (the worker stopping): nobody waits in vain
+            stopping = ServiceError("inference_unavailable", 503, "the server is stopping; retry shortly")
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc if isinstance(exc, Exception) else stopping)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for items, answer in batch:
+            if not answer.done():
+                answer.set_result(answers[start : start + len(items)])
+            start += len(items)
+
+    async def _infer(self, items: list[dict[str, Any]]) -> list[Any]:
+        try:
+            # BentoML's batcher merges these calls further with those of other API workers
             return await self.models.to_async.infer(items)
         except bentoml.exceptions.BentoMLException as exc:
             if int(getattr(exc, "error_code", 500)) in (429, 503):

@@ -35,15 +35,15 @@ from starlette.routing import Route
 
 from galaxyvit import __version__
 from serving.admission import readiness_problem
-from serving.catalog import Catalog, ServedModel
+from serving.catalog import ServedModel
 from serving.config import ServingConfig
-from serving.decode_pool import DecodePool
 from serving.errors import ServiceError
-from serving.inference import InferenceClient
+from serving.inference import INFERENCE_SERVICE
 from serving.metrics import get_metrics
 from serving.oip_codec import HEADER_LENGTH, Tensor, bad, encode_response, output_tensor, read_inputs, split_body
 from serving.readiness import Readiness
-from serving.uploads import check_image_count, decode_crop, read_body
+from serving.routes import Handlers
+from serving.uploads import check_image_count, decode_crop
 
 PREFIX = "/v2"
 SERVER_NAME = "galaxyvit"
@@ -107,19 +107,12 @@ def requested_outputs(
 class OpenInference:
     """What the /v2 routes do, for one API worker."""
 
-    def __init__(
-        self,
-        catalog: Catalog,
-        config: ServingConfig,
-        inference: InferenceClient,
-        decoder: DecodePool,
-        readiness: Readiness | None = None,
-    ) -> None:
-        self.catalog = catalog
-        self.config = config
-        self.inference = inference
-        self.decoder = decoder
+    def __init__(self, handlers: Handlers, readiness: Readiness | None = None) -> None:
+        self.handlers = handlers  # the worker's (serving/routes.py): its catalogue, inference client, decoding pool
+        self.catalog, self.config = handlers.catalog, handlers.config
+        self.inference, self.decoder = handlers.inference, handlers.decoder
         self.readiness = readiness
+        catalog = self.catalog
         # what each request needs of its model, made once (a card's `prep` is built anew at each access)
         self.preps = {name: m.card.prep for name, m in catalog.models.items()}
         self.outputs = {name: outputs_of(m) for name, m in catalog.models.items()}
@@ -163,7 +156,7 @@ class OpenInference:
 
     async def infer(self, request: Request) -> Response:
         model = self.model(request)
-        body = await read_body(request, self.config.max_upload_bytes)
+        body = await request.body()  # received whole, within max_upload_bytes, by serving/admission.py
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         outputs = requested_outputs(header, model, self.outputs[model.name])
         crops = await self.crops(model, read_inputs(header, binary))
@@ -231,15 +224,24 @@ Handler = Callable[[OpenInference, Request], Awaitable[Response]]
 
 def oip_app(config: ServingConfig) -> Starlette:
     """The /v2 routes (full paths: BentoML mounts the app at / and passes on what it does not route). They
-    answer with `app.state.oip`, set when the service instance starts in a worker; until then 503."""
+    answer with the worker's `app.state.handlers`, set when its service instance starts (serving/deployment.py);
+    until then 503."""
+    readiness = Readiness(INFERENCE_SERVICE, config.inference_workers)
+
+    def worker(request: Request) -> OpenInference:
+        state = request.app.state
+        handlers: Handlers | None = getattr(state, "handlers", None)
+        if handlers is None:
+            raise ServiceError("not_ready", 503, "service is starting")
+        oip: OpenInference | None = getattr(state, "oip", None)
+        if oip is None or oip.handlers is not handlers:
+            state.oip = oip = OpenInference(handlers, readiness)
+        return oip
 
     def route(path: str, handler: Handler, method: str = "GET") -> Route:
         async def endpoint(request: Request) -> Response:
-            oip: OpenInference | None = getattr(request.app.state, "oip", None)
             try:
-                if oip is None:
-                    raise ServiceError("not_ready", 503, "service is starting")
-                return await handler(oip, request)
+                return await handler(worker(request), request)
             except ServiceError as exc:
                 return oip_error(exc, config.retry_after_s)
 

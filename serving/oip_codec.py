@@ -11,15 +11,16 @@ bytes. Answers use the same layout for the outputs sent as binary. Every malform
 from __future__ import annotations
 
 import base64
-import json
 import math
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from serving.errors import ServiceError
+from serving.outputs import dumps
 
 HEADER_LENGTH = "inference-header-content-length"
 DTYPES: dict[str, Any] = {
@@ -62,8 +63,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise bad(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {size} bytes")
         size = int(header_length)
     try:
-        header = json.loads(body[:size])
-    except (ValueError, RecursionError):
+        header = orjson.loads(body if size == len(body) else memoryview(body)[:size])
+    except ValueError:  # orjson.JSONDecodeError, also for nesting deeper than it reads
         raise bad("the inference request is not JSON (binary data needs Inference-Header-Content-Length)") from None
     if not isinstance(header, dict):
         raise bad("the inference request must be a JSON object")
@@ -167,7 +168,7 @@ def output_tensor(name: str, value: np.ndarray, binary: bool) -> tuple[dict[str,
     datatype = NAMES[value.dtype]
     entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(value.shape)}
     if not binary:
-        entry["data"] = value.reshape(-1).tolist()
+        entry["data"] = np.ascontiguousarray(value).reshape(-1)  # orjson writes numpy arrays (serving/outputs.py)
         return entry, None
     raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
     entry["parameters"] = {"binary_data_size": len(raw)}
@@ -176,7 +177,7 @@ def output_tensor(name: str, value: np.ndarray, binary: bool) -> tuple[dict[str,
 
 def encode_response(header: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, int | None]:
     """The answer body, and the JSON header's length when binary outputs follow it (else None)."""
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = dumps(header)
     if not blobs:
         return text, None
     return b"".join([text, *blobs]), len(text)

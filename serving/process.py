@@ -42,15 +42,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def bentoml_command(host: str, port: int) -> list[str]:
-    """`bentoml serve` of the service on host:port (the bentoml beside this Python when there is one)."""
+def bentoml_command(host: str, port: int, service: str = SERVICE) -> list[str]:
+    """`bentoml serve` of `service` on host:port (the bentoml beside this Python when there is one)."""
     bentoml = Path(sys.executable).with_name("bentoml")
-    return [str(bentoml) if bentoml.exists() else "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
+    return [str(bentoml) if bentoml.exists() else "bentoml", "serve", service, "--host", host, "--port", str(port)]
 
 
-def serve_env(settings: Mapping[str, object], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: os.environ) with GALAXYVIT_<SETTING> for every setting that is not None, and the
-    repository on PYTHONPATH. Lists are joined with commas; unknown setting names are a ValueError."""
+def serve_env(
+    settings: Mapping[str, object], base: Mapping[str, str] | None = None, code: Path = ROOT
+) -> dict[str, str]:
+    """`base` (default: os.environ) with GALAXYVIT_<SETTING> for every setting that is not None, and `code`
+    (default: the repository) first on PYTHONPATH. Lists are joined with commas; unknown setting names are a
+    ValueError."""
     env = dict(os.environ if base is None else base)
     for name, value in settings.items():
         if name not in SETTINGS:
@@ -60,7 +63,7 @@ def serve_env(settings: Mapping[str, object], base: Mapping[str, str] | None = N
         if isinstance(value, list | tuple):
             value = ",".join(str(v) for v in value)
         env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -103,7 +106,9 @@ class ServerProcess:
 
     settings: serving settings by ServingConfig field name (None: the environment's or the default);
     workdir: this server's own BentoML home and default log folder (default: a temporary folder, removed
-    at stop); log: the server's stdout and stderr; port: default a free one; env: extra environment.
+    at stop); log: the server's stdout and stderr; port: default a free one; env: extra environment;
+    service: what `bentoml serve` serves; code: the folder of its code (working directory, first on PYTHONPATH;
+    default the repository, e.g. a built bento's `src` instead).
     Bad settings raise ValueError (FileNotFoundError for a missing settings file) before anything starts.
     start() (or `with`) starts it and waits for /readyz, raising ServerNotReady with the log's tail.
     """
@@ -118,13 +123,16 @@ class ServerProcess:
         port: int | None = None,
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 300,
+        service: str = SERVICE,
+        code: Path = ROOT,
     ) -> None:
         self.store = Path(store) if store is not None else default_home()
         if not (self.store / "models").is_dir():
             raise FileNotFoundError(f"no BentoML model store at {self.store / 'models'}: export a model first")
+        self.service, self.code = service, Path(code)
         self._own_port = port is None
         self._use_port(port or free_port())
-        self.env = serve_env(settings or {}, {**os.environ, **(env or {})})
+        self.env = serve_env(settings or {}, {**os.environ, **(env or {})}, self.code)
         self.config = load_config(self.env)  # the settings the server will run with, checked now
         self._temporary = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="galaxyvit-serve-")) if workdir is None else Path(workdir)
@@ -150,7 +158,12 @@ class ServerProcess:
         for attempt in range(PORT_ATTEMPTS):
             with open(self.log, "wb") as log:
                 self.process = subprocess.Popen(
-                    self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    self.command,
+                    cwd=self.code,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             try:
                 wait_ready(self.url, self.process, self.ready_timeout, self.log)
@@ -168,7 +181,7 @@ class ServerProcess:
     def _use_port(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.command = bentoml_command("127.0.0.1", port)
+        self.command = bentoml_command("127.0.0.1", port, self.service)
 
     def _lost_port_race(self) -> bool:
         """Whether the server exited because its port was taken between free_port() and its bind."""

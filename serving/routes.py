@@ -1,51 +1,38 @@
-"""The HTTP routes (a Starlette app, mounted on the BentoML front end service).
-
-  POST /classify       multipart form: one or more `images` file fields, optional `model` and `tta` fields
-  POST /classify/raw   body = the image bytes, Content-Type image/jpeg|png|tiff|fits; ?model=NAME&tta=1|8
-  POST /explain        body as /classify/raw; ?model=NAME&format=json|png: the prediction and attention map
-  GET  /models         the served models' cards and classes, the active ONNX Runtime provider, the default model
-  POST /feedback       {"request_id": "...", "label": index or class name of the model that predicted}
-  GET  /openapi.json   OpenAPI document of these endpoints
+"""What the endpoints do (`Handlers`: decoding, limits, the evaluation crop, inference, the prediction store,
+feedback) and the few plain Starlette routes beside the @bentoml.api endpoints (serving/endpoints.py).
 
 Every answer speaks the class names of the model that made it (its card's `class_names`).
-Errors are ServiceErrors, answered as {"error": message, "kind": kind, "status": code}.
+Refusals are ServiceErrors, answered as {"error": message, "kind": kind, "status": code}.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from galaxyvit.card import ModelCard
-from galaxyvit.overlay import overlay_png
-from inference.decode import check_content_type
+from galaxyvit.overlay import figure_png, prediction_title
 from inference.explain import has_explain
 from inference.scoring import combine_views, view_crops
-from serving.admission import CLIENT_CLOSED, client_disconnected
-from serving.auth import KEY_ID
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
 from serving.decode_pool import DecodePool
-from serving.errors import ServiceError, error_response, starlette_error
+from serving.errors import ServiceError, error_response
 from serving.inference import InferenceClient
 from serving.metrics import get_metrics
-from serving.openapi import build_openapi
+from serving.outputs import json_response
 from serving.store import FeedbackExists, OtherOwner, PredictionStore, UnknownRequest
-from serving.uploads import check_image_count, decode_crop, parse_format, parse_tta, read_body
+from serving.uploads import check_image_count, decode_crop
 
-FEEDBACK_SHAPE = '{"request_id": "...", "label": class index or class name}'
 MODEL_DETAILS = ("run_config", "confusion_matrix")  # card fields GET /models shows only with expose_model_details
 
 
@@ -95,7 +82,8 @@ class Handlers:
         """Decode and crop the uploads: CPU work in threads, which keeps the event loop (health checks, other
         requests) responsive, and a fixed number of them bounds the memory of concurrent decoding."""
         prep, config = model.card.prep, self.config
-        return await self.decoder.map([functools.partial(decode_crop, b, prep, config) for b in blobs])
+        jobs = [functools.partial(decode_crop, b, prep, config) for b in blobs]
+        return [await self.decoder.run(jobs[0])] if len(jobs) == 1 else await self.decoder.map(jobs)
 
     async def predict(
         self, model: ServedModel, blobs: list[bytes], owner: str | None = None, tta: int = 1
@@ -136,80 +124,44 @@ class Handlers:
         await asyncio.to_thread(self.store.add, rows, owner)
         return results
 
-    async def classify(self, request: Request) -> Response:
-        body = await read_body(request, self.config.max_upload_bytes)
-        if not body:
-            raise ServiceError(
-                "empty_body", 400, "empty request: send multipart form data with one or more `images` files"
-            )
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "multipart/form-data":
-            raise ServiceError(
-                "unsupported_media_type",
-                415,
-                f"POST /classify takes multipart/form-data (fields `images`, `model`), not {media or '(none)'!r}; "
-                "send raw image bytes to /classify/raw",
-            )
+    async def classify(
+        self, images: list[bytes], requested: str | None, tta: int, owner: str | None = None
+    ) -> dict[str, Any]:
+        check_image_count(len(images), tta, self.config)
+        model = self.catalog.get(requested)
+        return {"model": model.name, "predictions": await self.predict(model, images, owner, tta)}
 
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=self.config.max_images + 1, max_fields=16)
-        except Exception as exc:
-            raise ServiceError(
-                "bad_multipart", 400, f"malformed multipart body: {getattr(exc, 'detail', exc)}"
-            ) from None
-        try:
-            files = form.getlist("images")
-            if any(isinstance(f, str) for f in files):
-                raise ServiceError("bad_multipart", 400, "`images` fields must be files, not text")
-            if not files:
-                raise ServiceError("no_images", 400, "no `images` file in the form")
-            requested, tta_field = form.get("model"), form.get("tta")
-            if not isinstance(requested, str | None) or not isinstance(tta_field, str | None):
-                raise ServiceError("bad_multipart", 400, "`model` and `tta` must be text fields")
-            tta = parse_tta(tta_field)
-            check_image_count(len(files), tta, self.config)
-            model = self.catalog.get(requested)
-            blobs = [await f.read() for f in files if not isinstance(f, str)]
-        finally:
-            await form.close()
-        predictions = await self.predict(model, blobs, request.scope.get(KEY_ID), tta)
-        return JSONResponse({"model": model.name, "predictions": predictions})
-
-    async def classify_raw(self, request: Request) -> Response:
-        check_content_type(request.headers.get("content-type"))
-        model = self.catalog.get(request.query_params.get("model"))
-        tta = parse_tta(request.query_params.get("tta"))
+    async def classify_one(
+        self, image: bytes, requested: str | None, tta: int, owner: str | None = None
+    ) -> dict[str, Any]:
         check_image_count(1, tta, self.config)
-        body = await read_body(request, self.config.max_upload_bytes)
-        (result,) = await self.predict(model, [body], request.scope.get(KEY_ID), tta)
-        return JSONResponse(result)
+        model = self.catalog.get(requested)
+        (result,) = await self.predict(model, [image], owner, tta)
+        return result
 
-    async def explain(self, request: Request) -> Response:
-        """One image as /classify/raw; its prediction from the explain variant with the g x g map as JSON, or
-        with ?format=png the crop the model sees with the map overlaid."""
-        check_content_type(request.headers.get("content-type"))
-        model = self.catalog.get(request.query_params.get("model"))
-        image_format = parse_format(request.query_params.get("format"))
+    async def explain(self, image: bytes, requested: str | None, image_format: str, owner: str | None = None) -> Any:
+        """One image's prediction from the explain variant with the g x g map as a dict, or with format png the
+        figure of galaxyvit/overlay.py (the crop, the map over it, a colour bar; a PNG response)."""
+        model = self.catalog.get(requested)
         if not has_explain(model.card):
             raise ServiceError(
                 "no_explain", 404, f"model {model.name!r} was exported without the explain variant (--no-explain)"
             )
-        body = await read_body(request, self.config.max_upload_bytes)
-        (crop,) = await self.crops(model, [body])
+        (crop,) = await self.crops(model, [image])
         (answer,) = await self.inference.infer([{"model": model.name, "x": crop, "t": time.time(), "explain": True}])
-        (result,) = await self.record(model, [answer], request.scope.get(KEY_ID))
+        (result,) = await self.record(model, [answer], owner)
         method = model.card.explain["map_method"] if model.card.explain else "rollout"
         rollout = np.asarray(answer["rollout"], np.float32)
         if image_format == "png":
-            png = await asyncio.to_thread(overlay_png, crop, rollout, method != "rollout")
+            p = max(result["probabilities"].values())
+            flag = ", flagged: maybe not a galaxy" if result["in_distribution"] is False else ""
+            title = f"{prediction_title(result['class_name'], p, result['calibrated'])}\nmodel {model.name}{flag}"
+            png = await asyncio.to_thread(figure_png, crop, rollout, method != "rollout", title)
             headers = {"X-Request-Id": result["request_id"], "X-Class-Name": result["class_name"]}
             return Response(png, media_type="image/png", headers=headers)
-        return JSONResponse({**result, "map_method": method, "grid": len(rollout), "rollout": rollout.tolist()})
+        return {**result, "map_method": method, "grid": len(rollout), "rollout": rollout.tolist()}
 
-    async def list_models(self, request: Request) -> Response:
+    async def list_models(self) -> dict[str, Any]:
         if self._providers is None:
             self._providers = await self.inference.describe()
         expose = self.config.expose_model_details
@@ -217,17 +169,9 @@ class Handlers:
             {"name": m.name, "classes": m.classes, **card_fields(m.card, expose), **self._providers[m.name]}
             for m in self.catalog.models.values()
         ]
-        return JSONResponse({"default": self.catalog.default, "models": models})
+        return {"default": self.catalog.default, "models": models}
 
-    async def feedback(self, request: Request) -> Response:
-        body = await read_body(request, 64 * 1024)
-        try:
-            data = json.loads(body or b"null")
-        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested deeper than the parser recurses
-            raise ServiceError("bad_json", 400, f"feedback must be JSON: {FEEDBACK_SHAPE}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("request_id"), str) or "label" not in data:
-            raise ServiceError("bad_json", 400, f"feedback must be {FEEDBACK_SHAPE}")
-        request_id, label, owner = data["request_id"], data["label"], request.scope.get(KEY_ID)
+    async def feedback(self, request_id: str, label: Any, owner: str | None = None) -> dict[str, Any]:
         if all(label_index(label, m.classes) is None for m in self.catalog.models.values()):
             # refused before the store is asked which model made the prediction
             raise ServiceError(
@@ -250,16 +194,14 @@ class Handlers:
             raise ServiceError(
                 "duplicate_feedback", 409, f"feedback for request_id {request_id!r} was already recorded"
             ) from None
-        return JSONResponse(
-            {
-                "request_id": request_id,
-                "model": model.name,
-                "predicted": predicted,
-                "label": true_label,
-                "correct": correct,
-                "online_accuracy": await self.online_accuracy(model, true_label, correct),
-            }
-        )
+        return {
+            "request_id": request_id,
+            "model": model.name,
+            "predicted": predicted,
+            "label": true_label,
+            "correct": correct,
+            "online_accuracy": await self.online_accuracy(model, true_label, correct),
+        }
 
     async def online_accuracy(self, model: ServedModel, true_label: int, correct: bool) -> dict[str, Any]:
         """Count one feedback in the metrics; the model's accuracy from all feedback so far, overall and per class."""
@@ -277,40 +219,34 @@ class Handlers:
             self.metrics.online_accuracy.labels(model.name, classes[label]).set(c / t)
         return {"total": total, "correct": right, "accuracy": right / total, "per_class": per_class}
 
-    async def openapi(self, request: Request) -> Response:
-        return JSONResponse(build_openapi(self.catalog, self.config))
 
+def http_app(config: ServingConfig, api_paths: tuple[str, ...] = ()) -> Starlette:
+    """What the @bentoml.api endpoints (POST only) do not cover: GET /models, the OpenAPI document at
+    /openapi.json and /docs.json (`app.state.openapi`, set by serving/deployment.py), and a JSON 405 for other
+    methods on `api_paths`. GET /models answers with `app.state.handlers`, set when the service instance
+    starts in a worker (serving/endpoints.py); until then 503 `not_ready`."""
 
-Handler = Callable[[Handlers, Request], Awaitable[Response]]
+    async def models(request: Request) -> Response:
+        handlers: Handlers | None = getattr(request.app.state, "handlers", None)
+        if handlers is None:
+            return error_response(ServiceError("not_ready", 503, "service is starting"), config.retry_after_s)
+        return json_response(await handlers.list_models())
 
+    async def openapi(request: Request) -> Response:
+        return json_response(request.app.state.openapi())
 
-def http_app(config: ServingConfig) -> Starlette:
-    """The routes. They answer with `app.state.handlers`, set when the service instance starts in a worker
-    (serving/deployment.py); until then they answer 503 `not_ready`."""
+    async def not_allowed(request: Request) -> Response:
+        allowed = "GET, POST" if request.url.path == "/models" else "POST"
+        refusal = ServiceError("method_not_allowed", 405, f"{request.method} {request.url.path}: use {allowed}")
+        return error_response(refusal, headers={"Allow": allowed})
 
-    def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            handlers: Handlers | None = getattr(request.app.state, "handlers", None)
-            try:
-                if handlers is None:
-                    raise ServiceError("not_ready", 503, "service is starting")
-                return await handler(handlers, request)
-            except ServiceError as exc:
-                return error_response(exc, config.retry_after_s)
-            except ClientDisconnect:  # the body is read by serving/admission.py; this is for the app alone
-                client_disconnected(request.url.path, "while its body was read")
-                return Response(status_code=CLIENT_CLOSED)  # never delivered: nobody is listening
-
-        return endpoint
-
+    others = ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"]
     return Starlette(
-        exception_handlers={HTTPException: starlette_error},
         routes=[
-            Route("/classify", route(Handlers.classify), methods=["POST"]),
-            Route("/classify/raw", route(Handlers.classify_raw), methods=["POST"]),
-            Route("/explain", route(Handlers.explain), methods=["POST"]),
-            Route("/models", route(Handlers.list_models), methods=["GET"]),
-            Route("/feedback", route(Handlers.feedback), methods=["POST"]),
-            Route("/openapi.json", route(Handlers.openapi), methods=["GET"]),
+            Route("/models", models, methods=["GET"]),
+            Route("/models", not_allowed, methods=["PUT", "DELETE", "PATCH", "OPTIONS"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/docs.json", openapi, methods=["GET"]),
+            *(Route(path, not_allowed, methods=others) for path in api_paths if path != "/models"),
         ],
     )

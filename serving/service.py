@@ -2,7 +2,7 @@
 
 `GalaxyClassifier` is built on first access from the settings (serving/config.py: GALAXYVIT_*
 environment variables, serving.toml) by `serving.deployment.build`, so importing this module does
-no I/O. The endpoints are listed in serving/routes.py.
+no I/O. The endpoints are listed in serving/endpoints.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""What a request brings: its body within the size limit, its images decoded to evaluation crops, and the
-`tta` and `format` parameters."""
+"""What a request brings: its images decoded to evaluation crops, and the `tta` and `format` parameters.
+(Its body arrives within the size limit through serving/admission.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
-from starlette.requests import Request
 
 from galaxyvit.preprocess import Preprocessing, eval_crop
 from galaxyvit.tta import N_VIEWS
@@ -14,23 +13,6 @@ from serving.errors import ServiceError
 
 TTA_CHOICES = (1, N_VIEWS)
 EXPLAIN_FORMATS = ("json", "png")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise ServiceError("bad_request", 400, f"bad Content-Length {declared!r}")
-        if int(declared) > limit:
-            raise ServiceError("too_large", 413, f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError("too_large", 413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def decode_crop(data: bytes, prep: Preprocessing, config: ServingConfig) -> np.ndarray:

@@ -24,8 +24,9 @@ from tiny_galaxies import galaxy_image, write_tiny_dataset
 from galaxyvit.calibration import softmax
 from galaxyvit.card import load_card, sha256_file, verified_artifact
 from galaxyvit.ood import GAUSSIANS_ARTIFACT, GAUSSIANS_FILE, fit_feature_gaussians, fit_ood_rule
+from galaxyvit.overlay import GAP, crop_box
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
-from galaxyvit.preprocess import eval_batch
+from galaxyvit.preprocess import eval_batch, eval_crop
 from galaxyvit.store import stored_model_dir
 from inference.runtime import load_model
 from serving.process import ServerProcess
@@ -230,8 +231,12 @@ def test_explain_answers_the_prediction_and_the_rollout(client, models, galaxies
 
     picture = raw(client, galaxies[0], "/explain", model="inv", format="png")
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
-    image = Image.open(io.BytesIO(picture.content))
-    assert image.size == (224, 224) and image.mode == "RGB"
+    image = np.asarray(Image.open(io.BytesIO(picture.content)).convert("RGB"))
+    left, top, right, bottom = crop_box(224, "title\nmodel")  # a title of two lines: prediction, model
+    crop = np.asarray(eval_crop(images_of([galaxies[0]])[0], load_card(folder / "fp32.card.json").prep))
+    np.testing.assert_array_equal(image[top:bottom, left:right], crop)  # the crop the model saw, then the overlay
+    shifted = image[top:bottom, right + GAP : right + GAP + 224]
+    assert shifted.shape == crop.shape and (shifted != crop).any()
     assert picture.headers["x-class-name"] in load_card(folder / "fp32.card.json").class_names
 
 

@@ -138,3 +138,43 @@ def test_wait_ready_reports_a_server_that_never_answers_or_exits(tmp_path):
     crashed.wait()
     with pytest.raises(ServerNotReady, match="exited with code 3 before it was ready$"):
         wait_ready(url, crashed, timeout=10)
+
+
+class SlowModels:
+    """The inference dependency's interface (`to_async.infer`), answering each item with its own value once
+    the test lets the call finish; records the items of every call."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.calls: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.to_async = self
+
+    async def infer(self, items: list[dict]) -> list[int]:
+        self.calls.append([item["x"] for item in items])
+        await self.release.wait()
+        return [item["x"] * 10 for item in items]
+
+
+def test_inference_client_sends_the_items_of_waiting_requests_together():
+    import asyncio
+
+    from serving.inference import InferenceClient
+
+    async def main() -> tuple[list, list]:
+        models = SlowModels()
+        client = InferenceClient(models, max_items=5, max_calls=1)
+        first = asyncio.ensure_future(client.infer([{"x": 1}]))
+        await asyncio.sleep(0)  # in flight: the others wait for it
+        rest = [asyncio.ensure_future(client.infer([{"x": k}, {"x": k + 100}])) for k in (2, 3, 4)]
+        gone = asyncio.ensure_future(client.infer([{"x": 5}]))
+        await asyncio.sleep(0)
+        gone.cancel()  # its request timed out while waiting: its item is not sent
+        models.release.set()
+        answers = await asyncio.gather(first, *rest)
+        return models.calls, answers
+
+    calls, answers = asyncio.run(main())
+    assert answers == [[10], [20, 1020], [30, 1030], [40, 1040]]  # each request gets its own answers, in order
+    assert calls == [[1], [2, 102, 3, 103], [4, 104]]  # at most max_items per call; the cancelled one dropped

@@ -1,4 +1,5 @@
-"""Multi-worker correctness of metrics and feedback, and `bentoml build` of the repository."""
+"""Multi-worker correctness of metrics and feedback, and `bentoml build` of the repository: the built bento
+serves from its own folder."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 from serving_fixtures import ROOT, metric
 
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
+from load_tests.reliability import process_tree
 from serving.process import ServerProcess
 
 REAL = sorted(REAL_SAMPLE_IMAGES.glob("*.jpg"))
@@ -64,7 +66,7 @@ def test_metrics_and_feedback_are_exact_with_two_workers(two_workers):
     assert metric(metrics, "galaxyvit_online_accuracy", model="vit", class_name="all") == pytest.approx(6 / 9)
 
 
-def test_bentoml_build_succeeds_without_torch(tiny_models, tmp_path):
+def test_bentoml_build_succeeds_without_torch_and_the_bento_serves(tiny_models, tmp_path):
     home, _ = tiny_models
     build_home = tmp_path / "home"
     build_home.mkdir()
@@ -81,5 +83,20 @@ def test_bentoml_build_succeeds_without_torch(tiny_models, tmp_path):
     assert sorted(models) == ["galaxyvit-linformer", "galaxyvit-vit", "galaxyvit-vitbase"]
     requirements = (bento / "env" / "python" / "requirements.in").read_text()
     assert "onnxruntime-gpu" in requirements and "torch" not in requirements
+    assert {"orjson", "simplejpeg"} <= {line.split("==")[0] for line in requirements.splitlines()}
     assert not (bento / "src" / "training").exists()
     assert "\nUSER bentoml" in (bento / "env" / "docker" / "Dockerfile").read_text()  # non-root container
+
+    # the bento serves from its own folder: its src/ is the working directory and the only code on PYTHONPATH
+    src = bento / "src"
+    assert {"serving", "inference", "galaxyvit"} <= {p.name for p in src.iterdir()}
+    assert not list(src.rglob("__pycache__"))
+    settings = {"models": "vit", "intra_op_threads": 1}
+    served = ServerProcess(settings, store=home, workdir=tmp_path / "serve", env={"PYTHONPATH": ""}, code=src)
+    assert served.env["PYTHONPATH"] == str(src) and ROOT not in (src, *src.parents)
+    with served:
+        r = httpx.post(served.url + "/classify", files=[("images", REAL[0].read_bytes())], timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"][0]["model"] == "vit"
+        workers = [p for p in process_tree(served.pid) if "--service-name" in p.cmdline()]
+        assert workers and all(Path(p.cwd()) == src for p in workers)  # the bento's code, not the checkout's

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from galaxyvit.card import card_path
 from galaxyvit.classes import CLASS_NAMES
+from galaxyvit.overlay import figure, prediction_title
 from galaxyvit.preprocess import Preprocessing, eval_crop, normalize
 from training.attention import AttentionMaps, attention_maps
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -90,11 +90,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _smooth(grid_map: np.ndarray, size: int) -> np.ndarray:
-    """(g, g) -> (size, size), bilinear, for display over the crop."""
-    return np.asarray(Image.fromarray(grid_map.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
-
-
 def write_figure(
     crop: np.ndarray,
     maps: AttentionMaps,
@@ -104,48 +99,14 @@ def write_figure(
     title: str = "",
     temperature: float = 1.0,
 ) -> Path:
-    """PNG: the crop, the overview map over it, and the per-head maps, titled with the prediction
-    (softmax of logits / temperature; a temperature other than 1 is marked "calibrated")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """PNG (galaxyvit/overlay.py, the figure of POST /explain?format=png): the crop, the overview map over it,
+    a colour bar and the per-head maps, titled with the prediction (softmax of logits / temperature; a
+    temperature other than 1 is marked "calibrated")."""
     probs = softmax(maps.logits[index], temperature)
     top = int(probs.argmax())
-    heads = maps.heads[index]
+    heading = prediction_title(class_names[top], float(probs[top]), temperature != 1.0, title)
     signed = maps.rollout is None  # Linformer maps are signed weights, not distributions
-    n_cols = math.ceil(len(heads) / 2)
-    fig = plt.figure(figsize=(7.5 + 1.3 * n_cols, 4.0), constrained_layout=True)
-    grid = fig.add_gridspec(2, 2 * 2 + n_cols)
-    ax_crop, ax_map = fig.add_subplot(grid[:, 0:2]), fig.add_subplot(grid[:, 2:4])
-    ax_crop.imshow(crop)
-    ax_crop.set_title("crop the model sees", fontsize=9)
-    overview = _smooth(maps.overview[index], crop.shape[0])
-    ax_map.imshow(crop)
-    if signed:
-        limit = float(np.abs(overview).max()) or 1.0
-        ax_map.imshow(overview, cmap="coolwarm", vmin=-limit, vmax=limit, alpha=0.55)
-        ax_map.set_title("last layer, head mean (signed)", fontsize=9)
-    else:
-        span = float(overview.max() - overview.min()) or 1.0
-        ax_map.imshow((overview - overview.min()) / span, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-        ax_map.set_title("attention rollout (min to max)", fontsize=9)
-    for i, head in enumerate(heads):
-        ax = fig.add_subplot(grid[i // n_cols, 4 + i % n_cols])
-        if signed:
-            limit = float(np.abs(head).max()) or 1.0
-            ax.imshow(head, cmap="coolwarm", vmin=-limit, vmax=limit)
-        else:
-            ax.imshow(head, cmap="inferno", vmin=0)
-        ax.set_title(f"head {i}", fontsize=8)
-    for ax in fig.axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    label = f"{class_names[top]} ({100 * probs[top]:.1f}%{', calibrated' if temperature != 1.0 else ''})"
-    fig.suptitle(f"{title}: {label}" if title else label, fontsize=10)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figure(crop, maps.overview[index], signed, heading, heads=maps.heads[index]).save(path)
     return path
 
 
