@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from galaxyvit.store import default_home as bentoml_home
+from load_tests.payloads import request_name
 from load_tests.report import Point
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,17 +57,26 @@ def _ms(value: str | None) -> float | None:
 
 
 def run_point(
-    url: str, model: str, info: dict, users: int, args: argparse.Namespace, raw: Path, server_pid: int | None = None
+    url: str,
+    model: str,
+    info: dict,
+    users: int,
+    args: argparse.Namespace,
+    raw: Path,
+    server_pid: int | None = None,
+    protocol: str = "raw",
+    run: int = 1,
 ) -> Point:
     """Locust (load_tests/point.py subprocess) for warm-up + window; the point's numbers."""
-    prefix = raw / f"{model}-c{users}"
+    prefix = raw / f"{model}-{protocol}-c{users}" if run == 1 else raw / f"{model}-{protocol}-c{users}-run{run}"
     command = [sys.executable, "-m", "load_tests.point", "--url", url, "--model", model, "--users", str(users)]
     command += ["--warmup", str(args.warmup), "--duration", str(args.duration), "--out", str(prefix)]
-    command += ["--images-per-request", str(args.images_per_request)]
+    command += ["--images-per-request", str(args.images_per_request), "--protocol", protocol]
     if server_pid:
         command += ["--server-pid", str(server_pid)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     limit = args.warmup + args.duration + 120
+    load_before = os.getloadavg()[0]
     with open(f"{prefix}.log", "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -80,9 +90,10 @@ def run_point(
     if code != 0:
         tail = Path(f"{prefix}.log").read_text(errors="replace")[-2000:]
         raise LoadTestError(f"Locust for {model} at concurrency {users} failed ({code}):\n{tail}")
+    load_after = os.getloadavg()[0]
     window = json.loads(Path(f"{prefix}_window.json").read_text())
     k = args.images_per_request
-    row = read_locust_csv(prefix, f"{model} /classify/raw" if k == 1 else f"{model} /classify x{k}")
+    row = read_locust_csv(prefix, request_name(model, protocol, k))
     requests, failures = int(row.get("Request Count", 0)), int(row.get("Failure Count", 0))
     with open(f"{prefix}_exceptions.csv", newline="") as f:  # exceptions raised in the users' own code
         exceptions = [(int(r["Count"]), r["Message"]) for r in csv.DictReader(f)]
@@ -125,6 +136,10 @@ def run_point(
         cpu_ms_inference=per_image("inference"),
         cpu_ms_client=per_image("client"),
         cores_used=sum(cpu.values()) / seconds if server_pid else None,
+        protocol=protocol,
+        run=run,
+        load_before=load_before,
+        load_after=load_after,
     )
 
 
@@ -159,14 +174,30 @@ def open_engine(model: str, info: dict, args: argparse.Namespace):
     return engine
 
 
-def yardstick(point: Point, engine, seconds: float) -> None:
-    """Fill the point's engine columns: the engine at the batch size the service formed, right after the point.
+def yardstick(point: Point, engine, seconds: float, before: tuple[int, float] | None = None) -> None:
+    """Fill the point's engine columns: the engine at the batch size the service formed, right after the point,
+    and `before` (batch size, images/s), the engine measured right before it (`engine_before`).
 
-    Measured right after each point rather than once per model, so that load from other processes on
-    a shared machine is as alike as it can be for the two numbers compared.
+    Measured around each point rather than once per model, so that load from other processes on a shared
+    machine is as alike as it can be for the two numbers compared; the yardstick is the mean of before and
+    after when both ran the same batch size, else the one after.
     """
     if engine is None or point.mean_batch is None:
         return
     result = engine.measure(max(1, round(point.mean_batch)), seconds=seconds)
     point.engine_batch, point.engine_img_s = result.batch_size, result.images_per_s
-    point.efficiency = point.img_s / result.images_per_s
+    reference = result.images_per_s
+    if before is not None:
+        point.engine_before_batch, point.engine_before_img_s = before
+        if before[0] == result.batch_size:
+            reference = (before[1] + result.images_per_s) / 2
+    point.engine_reference = reference
+    point.efficiency = point.img_s / reference
+
+
+def engine_before(engine, batch_size: int, seconds: float) -> tuple[int, float] | None:
+    """(batch size, images/s) of the engine right before a point, or None without an engine."""
+    if engine is None:
+        return None
+    result = engine.measure(max(1, batch_size), seconds=seconds)
+    return result.batch_size, result.images_per_s

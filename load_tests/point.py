@@ -3,7 +3,8 @@
 Run by `galaxyvit loadtest` as a subprocess (Locust's Python API needs gevent's monkey patching,
 which must not leak into the sweep process):
 
-  python -m load_tests.point --url http://127.0.0.1:3000 --model vit --users 8 --warmup 5 --duration 15 --out DIR/vit-u8
+  python -m load_tests.point --url http://127.0.0.1:3000 --model vit --users 8 --warmup 5 --duration 15 \
+      --protocol oip-binary --out DIR/vit-oip-binary-c8
 
 Writes Locust's own CSVs for the measured window only (PREFIX_stats.csv, _failures.csv,
 _exceptions.csv), the service's /metrics text right before and right after that window
@@ -30,7 +31,7 @@ from locust.env import Environment
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from load_tests.payloads import image_pool
-from load_tests.locustfile import IMAGES_ENV, MODEL_ENV, GalaxyUser
+from load_tests.locustfile import IMAGES_ENV, MODEL_ENV, PROTOCOL_ENV, GalaxyUser
 
 
 def fetch(url: str) -> str:
@@ -75,9 +76,11 @@ def run_point(
     prefix: str,
     images: int = 1,
     server_pid: int | None = None,
+    protocol: str = "",
 ) -> None:
     os.environ[MODEL_ENV] = model
     os.environ[IMAGES_ENV] = str(images)
+    os.environ[PROTOCOL_ENV] = protocol
     image_pool()  # read and encode the images before the clock starts
     env = Environment(user_classes=[GalaxyUser], host=url, events=locust.events)
     runner = env.create_local_runner()
@@ -126,11 +129,20 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument("--protocol", default="", help="what the users post (load_tests/locustfile.py PROTOCOLS)")
     parser.add_argument("--out", required=True, help="path prefix of the files written")
     parser.add_argument("--server-pid", type=int, default=None, help="`bentoml serve` process whose CPU to record")
     args = parser.parse_args()
     run_point(
-        args.url, args.model, args.users, args.warmup, args.duration, args.out, args.images_per_request, args.server_pid
+        args.url,
+        args.model,
+        args.users,
+        args.warmup,
+        args.duration,
+        args.out,
+        args.images_per_request,
+        args.server_pid,
+        args.protocol,
     )
     return 0
 

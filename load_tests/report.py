@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,9 +32,19 @@ class Point:
     batches: int  # ONNX Runtime calls the service made in the window (its /metrics)
     mean_batch: float | None  # images per call in the window
     engine_busy: float | None  # fraction of the window the service's inference worker(s) spent in ONNX Runtime
-    engine_batch: int | None = None  # batch size the yardstick ran: the rounded mean batch
+    engine_batch: int | None = None  # batch size the yardstick ran right after the point: the rounded mean batch
     engine_img_s: float | None = None
-    efficiency: float | None = None  # img_s / engine_img_s
+    efficiency: float | None = None  # img_s / the yardstick (engine_reference)
+    protocol: str = ""  # what the users posted (load_tests/locustfile.py PROTOCOLS); "" in older reports
+    run: int = 1  # the repetition of this (model, protocol, concurrency) point, with --repeat
+    # the yardstick right before the point, at the mean batch of the previous run of the same point (else
+    # at the concurrency's images, capped by the batch limit): machine load that changed during the point
+    # shows as a difference between before and after
+    engine_before_batch: int | None = None
+    engine_before_img_s: float | None = None
+    engine_reference: float | None = None  # mean of before and after at the same batch, else after
+    load_before: float | None = None  # the machine's 1-minute load average right before and after the point
+    load_after: float | None = None
     failure_messages: list[str] = field(default_factory=list)
     # CPU time per served image in the window, core-ms: the service's API worker(s) (with its supervisor),
     # its inference worker(s) (ONNX Runtime and BentoML's batching), the Locust client; cores_used = all
@@ -78,7 +89,8 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def markdown(points: list[Point], info: dict, settings: dict) -> str:
-    """The report: where it ran, the service settings, one table row per (model, concurrency)."""
+    """The report: where it ran, the service settings, one table row per point, and with repeated runs the
+    medians per (model, protocol, concurrency, images per request)."""
     hardware = f"{info['cpu']}, {info['cores']} cores" + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU")
     lines = [
         "# galaxyvit load test",
@@ -86,19 +98,23 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
         f"- machine: {hardware}; onnxruntime {info.get('onnxruntime', '?')}",
         "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
         "- img/s counts successfully classified images; latency percentiles are Locust's (ms, whole HTTP request);",
+        "  protocol: what the users posted (load_tests/locustfile.py); run: the repetition of the point;",
         "  mean batch = images per ONNX Runtime call in the service (its /metrics) over the measured window;",
-        "  engine img/s = the same ONNX model in-process (same provider and threads) at that batch size, rounded;",
-        "  efficiency = service img/s / engine img/s; busy = ONNX Runtime time of the batches that ended in the",
-        "  window, over the window (it can pass 100% when a batch is long compared with the window).",
+        "  engine img/s = the same ONNX model in-process (same provider and threads), right before the point (at the",
+        "  previous run's batch) and right after it (at this point's mean batch, rounded); efficiency = service img/s",
+        "  / engine img/s (the mean of before and after when both ran the same batch, else after); busy = ONNX",
+        "  Runtime time of the batches that ended in the window, over the window (it can pass 100% when a batch is",
+        "  long compared with the window).",
         "  CPU ms/img = CPU time per served image in the window (core-ms) of the service's API process(es),",
         "  of its inference process(es) and of the Locust client; cores = all of them together over the window",
-        "  (with --start only).",
+        "  (with --start only); load = the machine's 1-minute load average before / after the point.",
         "  `*`: p99 latency above a fifth of the window: requests straddling its ends weigh in; use a longer",
         "  --duration.",
         "",
-        "| model | variant | provider | concurrency | img/req | req/s | img/s | p50 ms | p95 ms | p99 ms | errors "
-        "| mean batch | engine img/s | efficiency | busy | CPU ms/img API / inference / client | cores |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model | variant | provider | protocol | run | concurrency | img/req | req/s | img/s | p50 ms | p95 ms "
+        "| p99 ms | errors | mean batch | engine img/s before / after | efficiency | busy "
+        "| CPU ms/img API / inference / client | cores | load |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in points:
         efficiency = "-" if p.efficiency is None else f"{100 * p.efficiency:.0f}%"
@@ -106,12 +122,55 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
         flag = "*" if p.p99_ms is not None and p.p99_ms > 1000 * p.seconds / 5 else ""
         provider = p.provider.replace("ExecutionProvider", "")
         lines.append(
-            f"| {p.model} ({p.family}) | {p.variant} | {provider} | {p.concurrency}{flag} | {p.images_per_request} "
-            f"| {p.req_s:.1f} | {p.img_s:.1f} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p95_ms, 0)} | {_fmt(p.p99_ms, 0)} "
-            f"| {p.failures} | {_fmt(p.mean_batch, 2)} | {_fmt(p.engine_img_s)} | {efficiency} | {busy} "
-            f"| {_fmt(p.cpu_ms_api)} / {_fmt(p.cpu_ms_inference)} / {_fmt(p.cpu_ms_client)} | {_fmt(p.cores_used, 2)} |"
+            f"| {p.model} ({p.family}) | {p.variant} | {provider} | {protocol_of(p)} | {p.run} | {p.concurrency}{flag} "
+            f"| {p.images_per_request} | {p.req_s:.1f} | {p.img_s:.1f} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p95_ms, 0)} "
+            f"| {_fmt(p.p99_ms, 0)} | {p.failures} | {_fmt(p.mean_batch, 2)} "
+            f"| {_fmt(p.engine_before_img_s)} / {_fmt(p.engine_img_s)} | {efficiency} | {busy} "
+            f"| {_fmt(p.cpu_ms_api)} / {_fmt(p.cpu_ms_inference)} / {_fmt(p.cpu_ms_client)} | {_fmt(p.cores_used, 2)} "
+            f"| {_fmt(p.load_before, 2)} / {_fmt(p.load_after, 2)} |"
         )
+    lines += medians(points)
     return "\n".join(lines) + "\n"
+
+
+def protocol_of(point: Point) -> str:
+    """The point's protocol; older reports (no protocol recorded) posted /classify/raw for 1 image, else /classify."""
+    return point.protocol or ("raw" if point.images_per_request == 1 else "classify")
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def medians(points: list[Point]) -> list[str]:
+    """The table of medians over the runs of each (model, protocol, concurrency, images per request)."""
+    groups: dict[tuple[str, str, int, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.model, protocol_of(p), p.concurrency, p.images_per_request), []).append(p)
+    if all(len(runs) == 1 for runs in groups.values()):
+        return []
+    lines = [
+        "",
+        "## Medians over the runs",
+        "",
+        "| model | protocol | concurrency | img/req | runs | img/s | share of engine | p50 ms | p95 ms | p99 ms "
+        "| API core-ms/img | inference core-ms/img | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for (model, protocol, users, k), runs in groups.items():
+
+        def median(key: str, runs: list[Point] = runs) -> float | None:
+            return _median([getattr(p, key) for p in runs])
+
+        share = median("efficiency")
+        lines.append(
+            f"| {model} | {protocol} | {users} | {k} | {len(runs)} | {_fmt(median('img_s'))} "
+            f"| {'-' if share is None else f'{100 * share:.0f}%'} | {_fmt(median('p50_ms'), 0)} "
+            f"| {_fmt(median('p95_ms'), 0)} | {_fmt(median('p99_ms'), 0)} | {_fmt(median('cpu_ms_api'), 2)} "
+            f"| {_fmt(median('cpu_ms_inference'), 2)} | {sum(p.failures for p in runs)} |"
+        )
+    return lines
 
 
 def plot(points: list[Point], path: Path, title: str) -> None:
@@ -121,8 +180,9 @@ def plot(points: list[Point], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def series(p: Point) -> str:  # one line per model and images per request
-        return p.model if p.images_per_request == 1 else f"{p.model} x{p.images_per_request} img/req"
+    def series(p: Point) -> str:  # one line per model, protocol and images per request
+        name = f"{p.model} {protocol_of(p)}"
+        return name if p.images_per_request == 1 else f"{name} x{p.images_per_request} img/req"
 
     models = list(dict.fromkeys(series(p) for p in points))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6.5))

@@ -2,18 +2,21 @@
 
   galaxyvit loadtest --start --models vit,linformer --concurrency 1,4,16,32 --duration 15
   galaxyvit loadtest --url http://127.0.0.1:3000 --concurrency 1,2,4 --duration 10
+  galaxyvit loadtest --models linformer --concurrency 16 --protocols classify,raw,oip-json,oip-binary --repeat 3
 
 --start (the default) starts the service (serving.process.ServerProcess) on a free loopback port with
 the service settings given here, one fresh service per model of the store in BENTOML_HOME (BentoML's batcher learns
 its wait times from the traffic it sees, so one model's long queues would slow the next model's
 light load), and stops each by PID; --url targets a running service, loopback only (the yardstick
 then reads the same BENTOML_HOME store).
-For each model and concurrency N, N Locust users (load_tests/locustfile.py) post images back to
-back: a warm-up that is discarded, then a measured window. From Locust's CSVs: requests/s,
-images/s, p50/p95/p99 latency, errors; from the service's /metrics (delta over the window): the
-mean batch size its adaptive batcher formed. Right after each point the same ONNX model runs
-in-process at that batch size (load_tests/engine.py, the service's own session settings) and
-service efficiency = service images/s / engine images/s. Writes results.json, results.md (table),
+For each model, concurrency N and protocol (--protocols: multipart /classify, /classify/raw, the Open
+Inference Protocol with JSON or binary tensors; load_tests/locustfile.py), N Locust users post images
+back to back: a warm-up that is discarded, then a measured window; --repeat runs every point again, in
+turn. From Locust's CSVs: requests/s, images/s, p50/p95/p99 latency, errors; from the service's
+/metrics (delta over the window): the mean batch size its adaptive batcher formed. Right before and
+right after each point the same ONNX model runs in-process (load_tests/engine.py, the service's own
+session settings; after the point at the batch size it formed) and service efficiency = service
+images/s / engine images/s (load_tests/measure.py yardstick). Writes results.json, results.md (table),
 loadtest.png and Locust's raw CSVs (raw/) to --out. Exit status 1 when any request failed, 2 on
 bad options or a service that cannot be tested.
 """
@@ -31,11 +34,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from galaxyvit.store import default_home as bentoml_home
-from load_tests.measure import LoadTestError, engine_settings, open_engine, run_point, yardstick
+from load_tests.measure import LoadTestError, engine_before, engine_settings, open_engine, run_point, yardstick
+from load_tests.payloads import default_protocol
 from load_tests.report import Point, machine, write
 from serving.process import ServerNotReady, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS = ("classify", "raw", "oip-json", "oip-binary", "oip-bytes")  # load_tests/locustfile.py PROTOCOLS
 MAX_CONCURRENCY = 256
 MAX_POINTS = 60
 MAX_TOTAL_S = 3 * 3600
@@ -65,8 +70,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--images-per-request",
         type=int,
         default=1,
-        help="1: POST /classify/raw; more: multipart POST /classify with that many images (default 1)",
+        help="images per request (default 1); without --protocols, 1: POST /classify/raw, more: multipart /classify",
     )
+    parser.add_argument(
+        "--protocols",
+        default=None,
+        help=f"comma-separated, each point once per protocol: {', '.join(PROTOCOLS)} (default: raw or classify)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every point, taken in turn (default 1)")
     parser.add_argument("--engine-seconds", type=float, default=3.0, help="yardstick seconds per point (default 3)")
     parser.add_argument("--no-engine", action="store_true", help="skip the raw-engine yardstick")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default reports/loadtest-<UTC time>)")
@@ -122,6 +133,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise LoadTestError("--duration must be 0.5..600 s and --warmup 0..120 s")
     if args.images_per_request < 1:
         raise LoadTestError("--images-per-request must be at least 1")
+    if not 1 <= args.repeat <= 20:
+        raise LoadTestError("--repeat must be 1..20")
+    unknown = [p for p in protocols(args) if p not in PROTOCOLS]
+    if unknown:
+        raise LoadTestError(f"unknown protocol(s) {', '.join(unknown)}; protocols: {', '.join(PROTOCOLS)}")
+    if "raw" in protocols(args) and args.images_per_request != 1:
+        raise LoadTestError("protocol raw (/classify/raw) takes one image per request")
     if args.url:
         settings = ("max_batch_size", "max_latency_ms", "workers", "inference_workers", "variant", "device")
         given = [k for k in settings if getattr(args, k) is not None]
@@ -129,6 +147,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise LoadTestError(
                 f"--{given[0].replace('_', '-')} sets up a service that --start starts; --url tests one as it runs"
             )
+
+
+def protocols(args: argparse.Namespace) -> list[str]:
+    """The protocols of --protocols, or the default one for the images per request."""
+    named = [p.strip() for p in (args.protocols or "").split(",") if p.strip()]
+    return named or [default_protocol(args.images_per_request)]
 
 
 def start_service(args: argparse.Namespace, model: str, log: Path) -> ServerProcess:
@@ -157,19 +181,31 @@ def served_models(url: str) -> dict[str, dict]:
 def sweep_model(
     url: str, model: str, info: dict, args: argparse.Namespace, raw: Path, bar, server_pid: int | None = None
 ) -> list[Point]:
-    """Every concurrency for one model, each followed by the engine yardstick."""
+    """Every concurrency and protocol for one model, --repeat times in turn, each point between two runs of
+    the engine yardstick (before: at the batch the previous run of the point formed)."""
+    from serving.config import load_config
+
     engine = None if args.no_engine else open_engine(model, info, args)
+    max_batch = args.max_batch_size or load_config().max_batch_size
+    batches: dict[tuple[int, str], int] = {}
     points = []
-    for users in args.concurrency:
-        point = run_point(url, model, info, users, args, raw, server_pid)
-        yardstick(point, engine, args.engine_seconds)
-        bar.update()
-        bar.write(
-            f"{model} c={users}: {point.req_s:.1f} req/s, {point.img_s:.1f} img/s, p50 {point.p50_ms} ms, "
-            f"p99 {point.p99_ms} ms, errors {point.failures}, mean batch {_fmt(point.mean_batch)}, "
-            f"engine {_fmt(point.engine_img_s)} img/s"
-        )
-        points.append(point)
+    for run in range(1, args.repeat + 1):
+        for users in args.concurrency:
+            for protocol in protocols(args):
+                guess = batches.get((users, protocol), min(users * args.images_per_request, max_batch))
+                before = engine_before(engine, guess, args.engine_seconds)
+                point = run_point(url, model, info, users, args, raw, server_pid, protocol, run)
+                yardstick(point, engine, args.engine_seconds, before)
+                if point.engine_batch:
+                    batches[(users, protocol)] = point.engine_batch
+                bar.update()
+                bar.write(
+                    f"{model} {protocol} c={users} run {run}: {point.req_s:.1f} req/s, {point.img_s:.1f} img/s, "
+                    f"p50 {point.p50_ms} ms, p99 {point.p99_ms} ms, errors {point.failures}, "
+                    f"mean batch {_fmt(point.mean_batch)}, engine {_fmt(point.engine_img_s)} img/s, "
+                    f"API {_fmt(point.cpu_ms_api)} core-ms/img"
+                )
+                points.append(point)
     return points
 
 
@@ -203,8 +239,8 @@ def sweep(args: argparse.Namespace) -> int:
                 f"model(s) {', '.join(unknown)} not in the model store at {bentoml_home()} "
                 f"(registered: {', '.join(registered) or 'none'}); export them with `galaxyvit export`"
             )
-    n_points = len(models) * len(args.concurrency)
-    total = n_points * (args.warmup + args.duration + 3)
+    n_points = len(models) * len(args.concurrency) * len(protocols(args)) * args.repeat
+    total = n_points * (args.warmup + args.duration + 3 + (0 if args.no_engine else 2 * args.engine_seconds))
     if n_points > MAX_POINTS or total > MAX_TOTAL_S:
         raise LoadTestError(f"{n_points} points, about {total / 60:.0f} min: more than this sweep allows")
     print(f"{n_points} points, about {total / 60:.1f} min of load", file=sys.stderr)
@@ -228,6 +264,7 @@ def sweep(args: argparse.Namespace) -> int:
     threads, _, _, spinning = engine_settings(args)
     settings = {"target": "started" if service else url, "duration_s": args.duration, "warmup_s": args.warmup}
     settings.update({"images_per_request": args.images_per_request, "engine_threads": threads, "spinning": spinning})
+    settings.update({"protocols": ",".join(protocols(args)), "repeat": args.repeat})
     if service is not None:
         names = ("max_batch_size", "max_latency_ms", "workers", "inference_workers", "intra_op_threads")
         settings.update({name: getattr(service.config, name) for name in names})

@@ -6,11 +6,17 @@ On a machine with an NVIDIA GPU (and onnxruntime-gpu able to load CUDA), run fro
     python scripts/gpu_check.py                       # the models registered in BENTOML_HOME
     python scripts/gpu_check.py --synthetic           # export full-size study models with random weights first
     python scripts/gpu_check.py --training            # epoch time of linformer-010522B, vit-110421, ViT-Base (~5 min)
+    python scripts/gpu_check.py --sweep --synthetic   # per-protocol load test on CUDA, fp32 and fp16 (~15 min)
 
 It starts the service (serving.process.ServerProcess) on 127.0.0.1 with device cuda, fails unless every model runs on
 CUDAExecutionProvider, then sends multipart /classify requests of each batch size from a few
 concurrent clients for a fixed time and prints images/s and request latency p50/p99. It stops the
 server by PID and finishes in a few minutes (3 models x 4 batch sizes x --seconds).
+
+--sweep runs `galaxyvit loadtest` (load_tests/sweep.py) on CUDA instead: ViT-Base and the Linformer, fp32 and
+fp16 (--variants), every protocol (--protocols: multipart /classify, /classify/raw, Open Inference Protocol JSON
+and binary), --concurrency users, 1 image per request, --repeat runs with the ONNX Runtime engine yardstick before
+and after each point, and prints each protocol's median share of the bare engine with the check HTTP >= 80%.
 
 --training (scripts/gpu_training.py) writes --sample synthetic 424x424 galaxies (default 4,096) and
 prepares them, then measures what an epoch is made of: the loader's images/s with the trainer's
@@ -25,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -101,6 +109,72 @@ def measure(url: str, model: str, images: list[bytes], batch: int, seconds: floa
     }
 
 
+SWEEP_PROTOCOLS = ("classify", "raw", "oip-json", "oip-binary")
+
+
+def model_store(
+    synthetic: bool,
+    work: Path,
+    families: tuple[str, ...] = ("vit", "linformer", "vitbase"),
+    variants: tuple[str, ...] = ("fp32",),
+) -> Path:
+    """The BentoML home to serve from: BENTOML_HOME's, or full-size random-weight models exported into `work`."""
+    store = default_home()
+    if synthetic or not discover_models(store):
+        from training.random_models import export_random_models
+
+        print("exporting full-size study models with random weights", flush=True)
+        store = work / "bentoml_home"
+        for family, folder in export_random_models(work, store, families, variants=variants).items():
+            print(f"exported {family}: {folder}", flush=True)
+    return store
+
+
+def protocol_sweep(args: argparse.Namespace) -> int:
+    """`galaxyvit loadtest` per protocol on CUDA for each variant; 1 when a protocol's median share of the
+    bare engine is under the target (or a sweep failed)."""
+    from load_tests import sweep
+    from load_tests.report import Point, protocol_of
+
+    work = Path(tempfile.mkdtemp(prefix="galaxyvit-gpu-sweep-"))
+    out = args.out or work / "reports"
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    store = model_store(args.synthetic, work, tuple(models), tuple(variants))
+    os.environ["BENTOML_HOME"] = str(store)
+    device = "auto" if args.allow_cpu else "cuda"
+    failed = False
+    for variant in variants:
+        parser = argparse.ArgumentParser()
+        sweep.configure(parser)
+        options = ["--models", ",".join(models), "--concurrency", args.concurrency, "--protocols", args.protocols]
+        options += ["--repeat", str(args.repeat), "--duration", str(args.duration), "--variant", variant]
+        options += ["--device", device, "--workers", str(args.api_workers), "--out", str(out / variant)]
+        print(f"\n== {variant}: galaxyvit loadtest {' '.join(options)}", flush=True)
+        code = sweep.main(parser.parse_args(options))
+        results = out / variant / "results.json"
+        if code != 0 or not results.is_file():
+            print(f"FAIL: the {variant} sweep ended with status {code}", file=sys.stderr)
+            failed = True
+            continue
+        points = [Point(**p) for p in json.loads(results.read_text())["points"]]
+        groups: dict[tuple[str, str, int], list[Point]] = {}
+        for p in points:
+            groups.setdefault((p.model, protocol_of(p), p.concurrency), []).append(p)
+        for (model, protocol, users), runs in groups.items():
+            shares = [p.efficiency for p in runs if p.efficiency is not None]
+            share = statistics.median(shares) if shares else None
+            verdict = "unmeasured" if share is None else ("PASS" if share >= args.target else "FAIL")
+            failed |= verdict != "PASS"
+            shown = "-" if share is None else f"{100 * share:.0f}%"
+            print(
+                f"{variant} {model:<10} {protocol:<10} c={users}: {statistics.median(p.img_s for p in runs):8.1f} "
+                f"img/s, {shown} of the bare engine (HTTP >= {100 * args.target:.0f}%: {verdict})",
+                flush=True,
+            )
+    return 1 if failed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -115,24 +189,32 @@ def main() -> int:
         "--allow-cpu", action="store_true", help="measure even if CUDA is not active (for trying it out)"
     )
     parser.add_argument("--training", action="store_true", help="the training epoch time instead (gpu_training.py)")
+    sweep = parser.add_argument_group("--sweep: the per-protocol load test on CUDA")
+    sweep.add_argument("--sweep", action="store_true", help="run it instead of the batch-size check")
+    sweep.add_argument("--models", default="vitbase,linformer", help="registered models to sweep (vitbase,linformer)")
+    sweep.add_argument("--variants", default="fp32,fp16", help="artifact variants, each its own sweep (fp32,fp16)")
+    sweep.add_argument("--protocols", default=",".join(SWEEP_PROTOCOLS), help="load-test protocols")
+    sweep.add_argument("--concurrency", default="16", help="Locust users (16)")
+    sweep.add_argument("--repeat", type=int, default=3, help="runs of every point (3); the medians are checked")
+    sweep.add_argument("--duration", type=float, default=15.0, help="measured seconds per point (15)")
+    sweep.add_argument("--api-workers", type=int, default=4, help="API worker processes of the service (4)")
+    sweep.add_argument("--target", type=float, default=0.8, help="least HTTP share of the bare engine (0.8)")
+    sweep.add_argument("--out", type=Path, default=None, help="report folder (default: a temp folder)")
     args, rest = parser.parse_known_args()
     if args.training:
         from gpu_training import main as training_main  # scripts/ is on sys.path when this file runs
 
         return training_main(rest)
+    if args.sweep and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.sweep:
+        return protocol_sweep(args)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="galaxyvit-gpu-check-"))
-    store = default_home()
-    if args.synthetic or not discover_models(store):
-        from training.random_models import export_random_models
-
-        print("exporting full-size study models with random weights", flush=True)
-        store = work / "bentoml_home"
-        for family, folder in export_random_models(work, store).items():
-            print(f"exported {family}: {folder}", flush=True)
+    store = model_store(args.synthetic, work)
     server = ServerProcess(server_settings(max(batch_sizes)), store=store, log=work / "server.log")
     try:
         server.start()

@@ -31,7 +31,12 @@ from serving.readiness import Readiness
 logger = logging.getLogger("galaxyvit.serving")
 
 # BentoML's and the service's own cheap endpoints, never refused (health checks must answer under load)
-BYPASS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/openapi.json", "/schema.json"})
+BYPASS = frozenset(
+    {"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/openapi.json", "/schema.json"}
+) | {
+    "/v2/health/live",  # the Open Inference Protocol's (serving/oip.py)
+    "/v2/health/ready",
+}
 FEEDBACK_BODY_BYTES = 64 * 1024
 CLIENT_CLOSED = 499  # the status of a request whose client hung up (never delivered)
 
@@ -69,6 +74,12 @@ class UploadLimits:
 
 
 BODY_PATHS = frozenset({"/classify", "/classify/raw", "/explain", "/feedback", "/models"})
+
+
+def has_body(path: str) -> bool:
+    """A path whose request body the middleware receives first: the endpoints above and the Open Inference
+    Protocol's /v2/models/NAME[/versions/V]/infer (serving/oip.py)."""
+    return path in BODY_PATHS or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
 class AdmissionMiddleware:
@@ -109,7 +120,7 @@ class AdmissionMiddleware:
     async def admit(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.inflight >= self.limit:
             return await self.refuse(scope, receive, send)
-        if scope["method"] == "POST" and scope["path"] in BODY_PATHS:
+        if scope["method"] == "POST" and has_body(scope["path"]):
             try:
                 body = await self.receive_body(scope, receive)
             except ServiceError as exc:
@@ -174,11 +185,21 @@ class AdmissionMiddleware:
             self.buffered -= size
 
     async def ready(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        problem = "shutting down" if TRAFFIC.draining else (self.readiness.problem() if self.readiness else None)
+        problem = readiness_problem(self.readiness)
         if problem is None:
             return await PlainTextResponse("\n")(scope, receive, send)
         not_ready = ServiceError("not_ready", 503, f"not ready: {problem}")
         await error_response(not_ready, self.retry_after)(scope, receive, send)
+
+
+def readiness_problem(readiness: Readiness | None) -> str | None:
+    """Why this API worker is not ready (None: it is): shutting down, or, under `bentoml serve`, inference
+    workers not all up and warmed. What /readyz and the Open Inference Protocol's ready endpoints answer."""
+    if TRAFFIC.draining:
+        return "shutting down"
+    if readiness is not None and readiness.applies():
+        return readiness.problem()
+    return None
 
 
 def replay(body: bytes, receive: Any) -> Any:

@@ -24,7 +24,8 @@ from serving.errors import ServiceError, error_response
 from serving.webui import PAGE
 
 KEY_ID = "galaxyvit.key"  # the ASGI scope entry that carries the authenticated key's id to the routes
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", PAGE})  # health checks and the web page never need a key
+# health checks (also the Open Inference Protocol's, serving/oip.py) and the web page never need a key
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready", PAGE})
 HASH = re.compile(r"[0-9a-f]{64}")
 
 

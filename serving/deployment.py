@@ -8,9 +8,9 @@
   batchable API (serving/inference.py).
 
 Sub-apps: `build`'s `mounts` list, (ASGI app, path), is the one place they are mounted; one line adds
-one (e.g. `(oip_app(config), "/v2")`, `(ui_app(), "/ui")`). They sit behind the same API-key and
+one (e.g. `(ui_app(), "/")`). They sit behind the same API-key and
 admission middleware as the endpoints (a sub-app whose POST bodies must be read within the upload
-limits adds its paths to serving/admission.py `BODY_PATHS`). A Starlette sub-app finds the worker's
+limits adds its paths to serving/admission.py `has_body`). A Starlette sub-app finds the worker's
 `serving.routes.Handlers` (catalogue, settings, inference client, prediction store) at
 `request.app.state.handlers` once the worker's service instance has started (None before: answer 503
 `not_ready`).
@@ -37,6 +37,7 @@ from serving.config import ServingConfig
 from serving.connections import ConnectionLimits
 from serving.endpoints import API_PATHS, GalaxyEndpoints
 from serving.inference import ENTRY_SERVICE, INFERENCE_SERVICE, inference_service
+from serving.oip import oip_app
 from serving.openapi import build_openapi
 from serving.readiness import Readiness
 from serving.routes import http_app
@@ -62,6 +63,9 @@ def build(config: ServingConfig, home: Path | None = None) -> bentoml.Service[An
     mounts: list[tuple[Any, str]] = [
         (routes, "/"),  # GET /models, /openapi.json, /docs.json, JSON 405s (serving/routes.py)
         (ui_app(), "/"),  # GET /ui, the web page (serving/webui.py)
+        # the Open Inference Protocol's /v2 routes (serving/oip.py), full paths: a mount at /v2 would not
+        # route GET /v2 itself
+        (oip_app(config), "/"),
     ]
 
     class GalaxyClassifier(GalaxyEndpoints):

@@ -2,7 +2,8 @@
 front end calls it through.
 
 The front end sends each request's images (or, with tta=8, each of their 8 views) as items {"model": name,
-"x": (H,W,3) uint8 evaluation crop, "t": hand-off time, "explain": True for POST /explain}; BentoML's
+"x": (H,W,3) uint8 evaluation crop, "t": hand-off time, "explain": True for POST /explain, "embedding": True
+to have the answer carry the model's (D,) CLS embedding too}; BentoML's
 adaptive batcher gathers the items of concurrent requests (up to `max_batch_size`, waiting at most
 `max_latency_ms`) and `Inference.infer` runs each batch grouped per model (and explain variant). The
 crops travel as uint8 (a quarter of the float32 bytes between the processes) and are normalised here,
@@ -92,7 +93,12 @@ class Inference:
                 batch = np.empty((len(idx), 3, size, size), np.float32)
                 for row, i in enumerate(idx):
                     normalize(np.asarray(items[i]["x"]), model.card.prep, out=batch[row])
-                answers = self.scorers[name].score(*model.outputs(batch))
+                logits, embeddings = model.outputs(batch)
+                answers = self.scorers[name].score(logits, embeddings)
+                if embeddings is not None:  # the CLS embedding, for the items that ask (serving/oip.py)
+                    for j, i in enumerate(idx):
+                        if items[i].get("embedding"):
+                            answers[j]["embedding"] = embeddings[j]
             self.metrics.inference_seconds.labels(name).observe(time.perf_counter() - t0)
             self.metrics.batch_size.labels(name).observe(len(idx))
             for j, i in enumerate(idx):

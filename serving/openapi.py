@@ -5,7 +5,7 @@ BentoML generates the document of a service (its system endpoints /livez, /ready
 @bentoml.api endpoint from its pydantic input and output); `build_openapi` keeps it and describes each of
 the service's endpoints fully, for the served models: the raw-body uploads of /classify/raw and /explain
 with their query parameters, GET /models, the models' names and class names, every error status (the
-service's JSON error, Retry-After on 429 and 503).
+service's JSON error, Retry-After on 429 and 503), and the Open Inference Protocol's /v2 routes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import bentoml
 from inference.decode import RAW_CONTENT_TYPES
 from serving.catalog import Catalog
 from serving.config import ServingConfig
+from serving.oip_openapi import OIP_ERROR, oip_paths
 
 FILE = {"type": "string", "format": "binary"}
 
@@ -67,8 +68,9 @@ def build_openapi(service: bentoml.Service[Any], catalog: Catalog, config: Servi
             kept = {k: generated[k] for k in ("tags", "operationId", "x-bentoml-name") if k in generated}
             kept.setdefault("operationId", f"{service.name}__{path.strip('/').replace('/', '_')}_{method}")
             operations[method] = {**kept, **operation}
+    doc["paths"].update(oip_paths(catalog))  # the Open Inference Protocol's /v2 routes (serving/oip.py)
     doc["info"]["description"] = _description(catalog)
-    doc["components"].setdefault("schemas", {})["Error"] = ERROR
+    doc["components"].setdefault("schemas", {}).update({"Error": ERROR, "OipError": OIP_ERROR})
     return doc
 
 

@@ -57,17 +57,17 @@ def test_short_sweep_writes_table_and_plot_without_errors(tiny_store, tmp_path, 
         images = p["mean_batch"] * p["batches"]
         assert p["mean_batch"] >= 1 and abs(images - p["requests"]) <= 2 * p["concurrency"] + 0.1 * p["requests"]
         assert p["engine_batch"] == max(1, round(p["mean_batch"])) and p["engine_img_s"] > 0
-        assert p["efficiency"] == pytest.approx(p["img_s"] / p["engine_img_s"])
-        assert (out / "raw" / f"vit-c{p['concurrency']}_stats.csv").is_file()
+        assert p["efficiency"] == pytest.approx(p["img_s"] / p["engine_reference"])  # before and after the point
+        assert (out / "raw" / f"vit-raw-c{p['concurrency']}_stats.csv").is_file()
         # where the CPU went: every process of the service and the client worked, within the machine's cores
         assert p["cpu_ms_api"] > 0 and p["cpu_ms_inference"] > 0 and p["cpu_ms_client"] > 0
         assert 0 < p["cores_used"] <= data["machine"]["cores"] * 1.1
 
     table = (out / "results.md").read_text()
-    header = "| model | variant | provider | concurrency | img/req | req/s | img/s | p50 ms | p95 ms | p99 ms | errors"
+    header = "| model | variant | provider | protocol | run | concurrency | img/req | req/s | img/s | p50 ms | p95 ms"
     assert header in table
     for n in (1, 2):  # `*` flags a p99 latency long compared with the window
-        assert re.search(rf"^\| vit \(vit\) \| fp32 \| CPU \| {n}\*? \| 1 \| ", table, re.M)
+        assert re.search(rf"^\| vit \(vit\) \| fp32 \| CPU \| raw \| 1 \| {n}\*? \| 1 \| ", table, re.M)
     assert f"{data['machine']['cores']} cores" in table
     assert "| CPU ms/img API / inference / client | cores |" in table
     png = (out / "loadtest.png").read_bytes()
@@ -118,3 +118,55 @@ def test_sweep_does_not_import_locust():
     code = "import sys, load_tests.sweep, load_tests.report, load_tests.engine, load_tests.payloads; "
     code += "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'locust imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_every_protocol_repeated_gives_medians_and_yardsticks_around_each_point(tiny_store, tmp_path, monkeypatch):
+    """Each protocol's Locust user against a real service: every request answered with its image's label, the
+    engine measured before and after each point, and a table of medians over the runs."""
+    monkeypatch.setenv("BENTOML_HOME", str(tiny_store))
+    out = tmp_path / "report"
+    protocols = ["classify", "raw", "oip-json", "oip-binary", "oip-bytes"]
+    args = parse(
+        ["--models", "vit", "--concurrency", "2", "--duration", "2", "--warmup", "1", "--repeat", "2"]
+        + ["--protocols", ",".join(protocols), "--engine-seconds", "0.3", "--out", str(out)]
+    )
+    assert sweep.main(args) == 0
+    data = json.loads((out / "results.json").read_text())
+    points = data["points"]
+    assert [(p["protocol"], p["run"]) for p in points] == [(p, r) for r in (1, 2) for p in protocols]
+    for p in points:
+        assert p["requests"] > 0 and p["failures"] == 0, p["failure_messages"]
+        assert p["engine_before_img_s"] > 0 and p["engine_img_s"] > 0 and p["cpu_ms_api"] > 0
+        if p["engine_before_batch"] == p["engine_batch"]:
+            assert p["engine_reference"] == pytest.approx((p["engine_before_img_s"] + p["engine_img_s"]) / 2)
+        assert p["efficiency"] == pytest.approx(p["img_s"] / p["engine_reference"])
+        assert p["load_before"] >= 0 and p["load_after"] >= 0
+    table = (out / "results.md").read_text()
+    assert "## Medians over the runs" in table
+    for protocol in protocols:
+        assert re.search(rf"^\| vit \| {protocol} \| 2 \| 1 \| 2 \| ", table, re.M), protocol
+
+
+def test_protocol_options_are_checked(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert sweep.main(parse(["--url", "http://127.0.0.1:9", "--protocols", "grpc", "--out", out])) == 2
+    assert "unknown protocol(s) grpc" in capsys.readouterr().err
+    args = ["--url", "http://127.0.0.1:9", "--protocols", "raw", "--images-per-request", "2", "--out", out]
+    assert sweep.main(parse(args)) == 2
+    assert "one image per request" in capsys.readouterr().err
+
+
+def test_oip_bodies_are_what_the_service_reads():
+    """The load test's Open Inference Protocol bodies parse with the service's own codec into the crops."""
+    from load_tests.payloads import crop_pool, oip_bodies
+    from serving.oip_codec import HEADER_LENGTH, read_inputs, split_body
+
+    prep = json.dumps({"crop": 64, "size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
+    crops = crop_pool(prep)
+    for binary in (False, True):
+        body, headers = oip_bodies(prep, 32, 3, binary)[1]
+        header, rest = split_body(body, headers.get(HEADER_LENGTH.title()))
+        (tensor,) = read_inputs(header, rest).values()
+        assert tensor.name == "images" and tensor.shape == (3, 32, 32, 3)
+        assert [bytes(row.tobytes()) for row in tensor.value] == [crops[1], crops[2], crops[3]]
+        assert header.get("parameters", {}).get("binary_data_output", False) is binary

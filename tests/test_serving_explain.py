@@ -272,3 +272,26 @@ def test_explain_through_bentoml_serve_without_torch(server, tiny_models):
     for pid in processes:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "libtorch" not in maps and "/torch/" not in maps, pid
+
+
+def test_open_inference_protocol_answers_calibrated_with_the_ood_score(client, galaxies):
+    """POST /v2/models/inv/infer (serving/oip.py) on a calibrated model with an OOD rule: /classify's
+    calibrated probabilities and OOD scores, and the embedding the rule was fitted on when asked for."""
+    import base64
+
+    files = [("images", (f"g{i}.jpg", b)) for i, b in enumerate(galaxies[:4])]
+    expected = client.post("/classify", files=files, data={"model": "inv"}).json()["predictions"]
+    tensor = {"name": "image_bytes", "datatype": "BYTES", "shape": [4]}
+    tensor["data"] = [base64.b64encode(b).decode() for b in galaxies[:4]]
+    wanted = [{"name": n} for n in ("probabilities", "ood_score", "embedding")]
+    answer = client.post("/v2/models/inv/infer", json={"inputs": [tensor], "outputs": wanted})
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    probabilities = np.reshape(outputs["probabilities"]["data"], outputs["probabilities"]["shape"])
+    np.testing.assert_allclose(probabilities, [probs_of(p) for p in expected], atol=1e-5)
+    assert all(p["calibrated"] for p in expected)
+    np.testing.assert_allclose(outputs["ood_score"]["data"], [p["ood_score"] for p in expected], rtol=1e-5)
+    assert outputs["embedding"]["shape"] == [4, 32]  # the tiny ViT's dim
+    metadata = client.get("/v2/models/inv").json()
+    assert {o["name"]: o["shape"] for o in metadata["outputs"]}["embedding"] == [-1, 32]
+    assert "ood_score" not in {o["name"] for o in client.get("/v2/models/plain").json()["outputs"]}

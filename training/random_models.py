@@ -39,6 +39,7 @@ def export_random(
     name: str | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
     valid_dir: Path | None = None,
+    variants: tuple[str, ...] = ("fp32",),
 ) -> Path:
     """Build `family` with random weights, save out/checkpoints/<family>/best.pt, export it into
     out/models/<family> and register it in the BentoML home `home`; the exported model folder.
@@ -46,7 +47,8 @@ def export_random(
     valid_acc is recorded in the checkpoint as its validation accuracy (the model is untrained:
     tests record a known value to follow it to the model card and /metrics). `name` (default the family)
     names the exported model; `class_names` gives a scratch model a class list of its own (a user's classes).
-    With `valid_dir` (a dataset folder), the export also fits the temperature and the OOD rule on its images."""
+    With `valid_dir` (a dataset folder), the export also fits the temperature and the OOD rule on its images;
+    `variants` as `galaxyvit export --variants` (fp32 always)."""
     import torch
     from transformers import ViTConfig
 
@@ -82,15 +84,25 @@ def export_random(
         max_train=64,
         ood_per_kind=4,
         home=home,
+        variants=variants,
     )
     return Path(out) / "models" / name
 
 
 def export_random_models(
-    out: Path, home: Path, families: tuple[str, ...] = tuple(FAMILIES), *, tiny: bool = False, valid_acc: float = 0.0
+    out: Path,
+    home: Path,
+    families: tuple[str, ...] = tuple(FAMILIES),
+    *,
+    tiny: bool = False,
+    valid_acc: float = 0.0,
+    variants: tuple[str, ...] = ("fp32",),
 ) -> dict[str, Path]:
     """export_random for each family; family -> exported model folder."""
-    return {family: export_random(family, out, home, tiny=tiny, valid_acc=valid_acc) for family in families}
+    return {
+        family: export_random(family, out, home, tiny=tiny, valid_acc=valid_acc, variants=variants)
+        for family in families
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
