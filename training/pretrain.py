@@ -179,8 +179,12 @@ def load_pretrained(model: nn.Module, path: str | Path, freeze: bool = False) ->
         raise CheckpointError(f"{path} is not a pre-trained encoder ({PRETRAIN_FORMAT}) of `galaxyvit pretrain`")
     head = head_linear_name(model)
     new_ok = (f"{head}.", "distillation_token", "distill_mlp.")
+    state = dict(data["model"])
+    for key, target in model.state_dict().items():  # a distillable Linformer's E and F have one more row
+        if key.endswith(("proj_k", "proj_v")) and key in state and target.shape[0] == state[key].shape[0] + 1:
+            state[key] = torch.cat((state[key], target[-1:].cpu()))  # the distillation token's row stays new
     try:
-        missing, unexpected = model.load_state_dict(data["model"], strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit this architecture: {exc}") from None
     wrong = [key for key in missing if not key.startswith(new_ok)]
