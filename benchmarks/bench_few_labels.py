@@ -104,9 +104,10 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="working folder (datasets, runs, logs)")
     parser.add_argument("--n", type=int, default=800, help="synthetic images over all splits (800)")
     parser.add_argument("--image-size", type=int, default=48, help="the 224 crop resized to this (48)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (30, patience 10)")
-    parser.add_argument("--pretrain-epochs", type=int, default=30, help="SimCLR epochs (30)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs (15, patience 10)")
+    parser.add_argument("--pretrain-epochs", type=int, default=15, help="SimCLR epochs (15)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: on a shared machine, 2 spin)")
+    parser.add_argument("--methods", default="scratch,distilled,simclr", help="which of (a), (b), (c) to run")
     parser.add_argument("--table", action="store_true", help="only print the table of what has run")
     args = parser.parse_args()
     work = args.work
@@ -144,14 +145,20 @@ def main() -> int:
             where = ["--data", "gz2", "--dataset", str(data[fraction]), "--out", str(out), "--seed", str(seed)]
             galaxyvit(["train", run, *where, *common, *extra], work / "logs" / f"{name}.log")
 
-    train("teacher", TEACHER, 1.0, 0, ["--set", "dim=32"])
+    methods = args.methods.split(",")
+    if "distilled" in methods:
+        train("teacher", TEACHER, 1.0, 0, ["--set", "dim=32"])
     teacher = ["--teacher", str(work / "runs" / "teacher" / "best.pt")]
     pretrained = work / "runs" / "pretrain" / "pretrained.pt"
     for fraction in FRACTIONS:
         seeds = SEEDS_SMALLEST if fraction == FRACTIONS[0] else SEEDS_SMALLEST[:1]
         for seed in seeds:
-            train(f"scratch-{fraction:g}-s{seed}", STUDENT, fraction, seed, [])
-            train(f"distilled-{fraction:g}-s{seed}", STUDENT, fraction, seed, teacher)
+            if "scratch" in methods:
+                train(f"scratch-{fraction:g}-s{seed}", STUDENT, fraction, seed, [])
+            if "distilled" in methods:
+                train(f"distilled-{fraction:g}-s{seed}", STUDENT, fraction, seed, teacher)
+            if "simclr" not in methods:
+                continue
             if not pretrained.exists():
                 images = train_images(synth, work / "train-images")
                 pre = [
@@ -166,6 +173,8 @@ def main() -> int:
                     "--lr",
                     "1e-3",
                     "--no-progress",
+                    "--threads",
+                    str(args.threads),
                     *size,
                 ]
                 galaxyvit(pre, work / "logs" / "pretrain.log")

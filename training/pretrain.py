@@ -209,6 +209,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and views (0)")
     parser.add_argument("--device", help="cpu, cuda (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, the cores)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -220,6 +221,8 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"family {args.model!r} has no default run to pre-train: give a run id")
         run = get_run(run_id).with_overrides(lr=args.lr, batch_size=args.batch_size, **parse_overrides(args.set))
         out = args.out or Path("runs") / f"pretrain-{run.id}"
+        if args.threads:
+            torch.set_num_threads(args.threads)
         path = pretrain(
             run,
             args.images,
