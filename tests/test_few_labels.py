@@ -196,3 +196,32 @@ def test_pretrain_init_and_teacher_from_the_command_line(tmp_path):
     soft = ["--teacher", str(onnx_teacher), "--distill", "soft", "--out", str(tmp_path / "student2")]
     assert cli_main([*train, *soft]) == 0
     assert cli_main([*train, "--teacher", str(teacher), "--set", "image_size=64", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_vitbase_teacher_sees_the_students_batch_in_its_own_normalisation(tmp_path):
+    from transformers import ViTConfig
+
+    from galaxyvit.preprocess import normalize, preprocessing_for
+    from training.checkpoint import save_model
+    from training.teacher import Teacher
+    from training.vitbase import build_vitbase
+
+    config = ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=16
+    )
+    torch.manual_seed(0)
+    vitbase = build_vitbase(pretrained=False, config=config).eval()
+    run = get_run("vitbase-121121").with_overrides(image_size=32)
+    save_model(tmp_path / "best.pt", vitbase, run, epoch=1, valid_acc=0.5)
+    crops = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    student = preprocessing_for("vit", 32)
+    teacher = Teacher(tmp_path / "best.pt", student, torch.device("cpu"), 8)
+    expected = torch.from_numpy(normalize(crops, preprocessing_for("vitbase", 32)))
+    got = teacher.inputs(torch.from_numpy(normalize(crops, student)))
+    assert torch.allclose(got, expected, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(teacher(torch.from_numpy(normalize(crops, student))), vitbase(expected), atol=1e-4)
+    with pytest.raises(ValueError, match="same part of the sky"):
+        Teacher(tmp_path / "best.pt", preprocessing_for("vit", 64), torch.device("cpu"), 8)
+    with pytest.raises(ValueError, match="classes"):
+        Teacher(tmp_path / "best.pt", student, torch.device("cpu"), 3)

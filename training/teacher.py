@@ -42,7 +42,7 @@ class Teacher:
             classes, self.description = len(data["class_names"]), f"{data['run']['id']} checkpoint {source}"
         if classes != num_classes:
             raise ValueError(f"teacher {source} has {classes} classes, the data {num_classes}")
-        if self.prep.crop * student.size != student.crop * self.prep.size:
+        if self.prep.crop != student.crop:
             raise ValueError(
                 f"teacher {source} sees a {self.prep.crop}-pixel crop at {self.prep.size} pixels, the student a "
                 f"{student.crop}-pixel crop at {student.size}: they must see the same part of the sky"
