@@ -2,8 +2,8 @@
 of (a) scratch, (b) distilled from a teacher trained on 100% and (c) SimCLR-pretrained then fine-tuned, with
 5%, 20% and 100% of the labelled training split.
 
-  python benchmarks/bench_few_labels.py --work /tmp/fewlabels              # everything, resumable
-  python benchmarks/bench_few_labels.py --work /tmp/fewlabels --table      # only print the table
+  python scripts/few_labels_study.py --work /tmp/fewlabels              # everything, resumable
+  python scripts/few_labels_study.py --work /tmp/fewlabels --table      # only print the table
 
 Every step is a `galaxyvit` command (printed before it runs); a step whose output exists is skipped, so
 the script continues where it stopped. The fractions are stratified subsets of the training split (at
