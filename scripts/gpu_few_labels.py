@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -50,7 +50,9 @@ def step_rate(step: Callable[[], None], batch: int, steps: int, device: torch.de
     return batch / statistics.median(times)
 
 
-def trainer(net: torch.nn.Module, params, loss_of: Callable[[], torch.Tensor]) -> Callable[[], None]:
+def trainer(
+    net: torch.nn.Module, params: Iterable[torch.nn.Parameter], loss_of: Callable[[], torch.Tensor]
+) -> Callable[[], None]:
     optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4)
 
     def step() -> None:

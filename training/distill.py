@@ -17,6 +17,9 @@ take a distilled student like any other model: same input, same (N, C) logits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +34,7 @@ DISTILL_MODES = ("hard", "soft")
 class DistillableViT(ViT):
     """ViT with a distillation token and head; forward() averages the class and distillation heads."""
 
-    def __init__(self, *, num_classes: int, dim: int, **vit_args):
+    def __init__(self, *, num_classes: int, dim: int, **vit_args: Any):
         super().__init__(num_classes=num_classes, dim=dim, **vit_args)
         self.distillation_token = nn.Parameter(torch.randn(1, 1, dim))
         self.distill_mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
@@ -136,7 +139,7 @@ class DistillNet(nn.Module):
 
     The teacher is kept out of the module tree (no parameters in the optimiser, last.pt or DDP), in eval mode."""
 
-    def __init__(self, student: DistillableViT, teacher):
+    def __init__(self, student: DistillableViT, teacher: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
         self.student = student
         self.teacher = [teacher]  # a list: not a submodule
