@@ -109,6 +109,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: on a shared machine, 2 spin)")
     parser.add_argument("--methods", default="scratch,distilled,simclr", help="which of (a), (b), (c) to run")
     parser.add_argument("--table", action="store_true", help="only print the table of what has run")
+    parser.add_argument("--fractions", default="0.05,0.2,1", help="which fractions to run (0.05,0.2,1)")
+    parser.add_argument("--seeds-other", type=int, default=1, help="seeds of the larger fractions (1; 3 on 5%%)")
     args = parser.parse_args()
     work = args.work
     if args.table:
@@ -150,8 +152,8 @@ def main() -> int:
         train("teacher", TEACHER, 1.0, 0, ["--set", "dim=32"])
     teacher = ["--teacher", str(work / "runs" / "teacher" / "best.pt")]
     pretrained = work / "runs" / "pretrain" / "pretrained.pt"
-    for fraction in FRACTIONS:
-        seeds = SEEDS_SMALLEST if fraction == FRACTIONS[0] else SEEDS_SMALLEST[:1]
+    for fraction in (f for f in FRACTIONS if f in {float(x) for x in args.fractions.split(",")}):
+        seeds = SEEDS_SMALLEST if fraction == FRACTIONS[0] else SEEDS_SMALLEST[: args.seeds_other]
         for seed in seeds:
             if "scratch" in methods:
                 train(f"scratch-{fraction:g}-s{seed}", STUDENT, fraction, seed, [])
