@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("training.runs_cli", "list the study's runs with hyperparameters, parameter counts and reported accuracy"),
     "synth": ("training.synthetic", "write a synthetic dataset of the 8 galaxy classes in the GZ2 layout"),
     "train": ("training.train", "train a study run by id on synthetic, GZ2 or folder data"),
+    "pretrain": ("training.pretrain", "self-supervised (SimCLR) pre-training of a run's encoder on unlabelled cutouts"),
     "prepare": ("training.prepared", "decode the centre crops of a dataset once into checksummed uint8 arrays"),
     "reproduce": (
         "training.reproduce",

@@ -51,6 +51,7 @@ NORMALISATION: dict[str, tuple[RGB, RGB]] = {  # family -> (mean, std)
     "vit": (STUDY_MEAN, STUDY_STD),
     "linformer": (STUDY_MEAN, STUDY_STD),
     "vitbase": (VITBASE_MEAN, VITBASE_STD),
+    "resnet50": (STUDY_MEAN, STUDY_STD),
 }
 
 

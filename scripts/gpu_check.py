@@ -7,6 +7,7 @@ On a machine with an NVIDIA GPU (and onnxruntime-gpu able to load CUDA), run fro
     python scripts/gpu_check.py --synthetic           # export full-size study models with random weights first
     python scripts/gpu_check.py --training            # epoch time of linformer-010522B, vit-110421, ViT-Base (~5 min)
     python scripts/gpu_check.py --sweep --synthetic   # per-protocol load test on CUDA, fp32 and fp16 (~15 min)
+    python scripts/gpu_check.py --few-labels          # epoch time of scratch, distilled, SimCLR (gpu_few_labels.py)
 
 It starts the service (serving.process.ServerProcess) on 127.0.0.1 with device cuda, fails unless every model runs on
 CUDAExecutionProvider, then sends multipart /classify requests of each batch size from a few
@@ -200,7 +201,12 @@ def main() -> int:
     sweep.add_argument("--api-workers", type=int, default=4, help="API worker processes of the service (4)")
     sweep.add_argument("--target", type=float, default=0.8, help="least HTTP share of the bare engine (0.8)")
     sweep.add_argument("--out", type=Path, default=None, help="report folder (default: a temp folder)")
+    parser.add_argument("--few-labels", action="store_true", help="the few-label epoch times (gpu_few_labels.py)")
     args, rest = parser.parse_known_args()
+    if args.few_labels:
+        from gpu_few_labels import main as few_labels_main  # scripts/ is on sys.path when this file runs
+
+        return few_labels_main(rest)
     if args.training:
         from gpu_training import main as training_main  # scripts/ is on sys.path when this file runs
 

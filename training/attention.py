@@ -45,10 +45,11 @@ def attention_rollout(layers: list[torch.Tensor]) -> torch.Tensor:
 
 
 def cls_patch_grid(matrix: torch.Tensor, grid: int) -> torch.Tensor:
-    """The CLS row of (..., N, N) attention without the CLS column, as (..., grid, grid) in patch order."""
-    row = matrix[..., 0, 1:]
-    if row.shape[-1] != grid * grid:
-        raise ValueError(f"{row.shape[-1]} patches do not form a {grid}x{grid} grid")
+    """The CLS row of (..., N, N) attention without the CLS column (nor a distillation token, last: training/
+    distill.py), as (..., grid, grid) in patch order."""
+    if matrix.shape[-1] - 1 - grid * grid not in (0, 1):
+        raise ValueError(f"{matrix.shape[-1] - 1} tokens after the CLS do not form a {grid}x{grid} grid")
+    row = matrix[..., 0, 1 : 1 + grid * grid]
     return row.reshape(*row.shape[:-1], grid, grid)
 
 
@@ -203,7 +204,8 @@ class AttentionMapsModule(nn.Module):
         logits, layers, projections = record_attention(self.model, images, self.projection)
         if self.family == "linformer":
             last = linformer_patch_map(layers[-1], projections[-1])  # (B, H, n) over CLS + patches
-            heads = last[..., 1:].reshape(last.shape[0], last.shape[1], self.grid, self.grid)
+            patches = last[..., 1 : 1 + self.grid**2]  # without the CLS and a distillation token
+            heads = patches.reshape(last.shape[0], last.shape[1], self.grid, self.grid)
             return logits, heads, heads.mean(dim=1)
         return logits, cls_patch_grid(layers[-1], self.grid), cls_patch_grid(attention_rollout(layers), self.grid)
 

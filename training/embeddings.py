@@ -19,6 +19,8 @@ def head_of(model: nn.Module) -> nn.Module:
         return model.hf.classifier
     if hasattr(model, "mlp_head"):
         return model.mlp_head
+    if hasattr(model, "fc"):  # resnet50
+        return model.fc
     raise TypeError(f"no classification head known for {type(model).__name__}")
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.distill import DistillationLoss, merged_logits
 from training.distributed import GlobalWeightedLoss, Processes
 from training.gpu_augment import BatchAugment, CropBatch
 from training.loader import BadImages, Batch, EpochSampler, make_loader
@@ -98,7 +99,7 @@ class EpochPlan:
     workers: int
     progress: bool
     precision: Precision
-    loss_fn: GlobalWeightedLoss
+    loss_fn: GlobalWeightedLoss | DistillationLoss  # the latter takes (class, distillation, teacher) logits
     augment: BatchAugment | None = None  # per-batch augmentation (the dataset yields crops), or in the loader
 
 
@@ -147,8 +148,9 @@ def train_epoch(
         if n or procs.world > 1:  # with DDP every process joins each step, even with no readable image
             labels = batch.labels.to(device, non_blocking=True)
             with plan.precision.autocast():
-                logits = learner.net(images)
-            loss, loss_share = plan.loss_fn(logits, labels)
+                outputs = learner.net(images)
+            loss, loss_share = plan.loss_fn(outputs, labels)  # type: ignore[arg-type]
+            logits = merged_logits(outputs)
             learner.optimizer.zero_grad(set_to_none=True)
             learner.scaler.scale(loss).backward()
             learner.scaler.step(learner.optimizer)

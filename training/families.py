@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from galaxyvit.preprocess import Preprocessing, preprocessing_for
@@ -29,12 +29,16 @@ class Family:
     architecture: Callable[[Run], str]  # the `galaxyvit runs` table's architecture column
 
     def preprocessing(self, run: Run) -> Preprocessing:
-        return preprocessing_for(self.name, run.image_size)
+        prep = preprocessing_for(self.name, run.image_size)
+        return replace(prep, crop=run.crop) if run.crop else prep  # a larger crop resized to image_size
 
 
 def _build_vit(run: Run, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
+    from training.distill import build_distillable
     from training.vit import build_vit
 
+    if run.distill_token:
+        return build_distillable(run, num_classes)
     return build_vit(
         image_size=run.image_size,
         patch_size=_int(run, "patch_size"),
@@ -49,8 +53,11 @@ def _build_vit(run: Run, num_classes: int, pretrained: bool, weights: str | None
 
 
 def _build_linformer(run: Run, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
+    from training.distill import build_distillable
     from training.linformer_vit import build_linformer_vit
 
+    if run.distill_token:
+        return build_distillable(run, num_classes)
     return build_linformer_vit(
         image_size=run.image_size,
         patch_size=_int(run, "patch_size"),
@@ -75,8 +82,14 @@ def _build_vitbase(run: Run, num_classes: int, pretrained: bool, weights: str | 
     )
 
 
+def _build_resnet50(run: Run, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
+    from training.resnet import resnet50
+
+    return resnet50(num_classes=num_classes, width=run.dim or 64)
+
+
 def _rebuild_scratch(run: Run, checkpoint: dict) -> nn.Module:
-    """vit / linformer: the run's architecture with as many outputs as the checkpoint has classes."""
+    """vit / linformer / resnet50: the run's architecture with as many outputs as the checkpoint has classes."""
     from galaxyvit.classes import CLASS_NAMES
 
     return FAMILIES[run.family].build(run, len(checkpoint.get("class_names", CLASS_NAMES)), False, None)
@@ -110,6 +123,10 @@ def _linformer_architecture(run: Run) -> str:
     return f"p{run.patch_size} d{run.depth} dim{run.dim} k{run.k} h{run.heads} kv:{kv}"
 
 
+def _resnet50_architecture(run: Run) -> str:
+    return f"ResNet-50 width {run.dim or 64}"
+
+
 def _vitbase_architecture(run: Run) -> str:
     return "fine-tuned" if run.fine_tune else "frozen backbone"
 
@@ -118,6 +135,7 @@ FAMILIES: dict[str, Family] = {
     "vit": Family("vit", _build_vit, _rebuild_scratch, _vit_architecture),
     "linformer": Family("linformer", _build_linformer, _rebuild_scratch, _linformer_architecture),
     "vitbase": Family("vitbase", _build_vitbase, _rebuild_vitbase, _vitbase_architecture),
+    "resnet50": Family("resnet50", _build_resnet50, _rebuild_scratch, _resnet50_architecture),
 }
 
 

@@ -37,6 +37,8 @@ class Run:
     dropout: float | None = None
     emb_dropout: float | None = None
     fine_tune: bool | None = None
+    crop: int | None = None  # centre crop in pixels before resizing to image_size (default: image_size)
+    distill_token: bool | None = None  # vit / linformer: DeiT distillation token and head (training/distill.py)
     reported_params: int | None = None
     reported_train_acc: float | None = None
     reported_valid_acc: float | None = None

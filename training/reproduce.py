@@ -49,7 +49,8 @@ def select_runs(runs: str | None, family: str | None) -> list[str]:
         if len(set(ids)) != len(ids):
             raise ReproduceError(f"--runs names a run twice: {runs}")
         return ids
-    return [run.id for run in load_runs().values() if family in (None, run.family)]
+    # the study's columns (a run of no table, resnet50-teacher, is queued only by name)
+    return [run.id for run in load_runs().values() if family in (None, run.family) and run.tables]
 
 
 def data_options(args: argparse.Namespace) -> list[str]:

@@ -8,11 +8,10 @@ the training batches are augmented on the GPU (--augment-device cuda, training/g
   galaxyvit train linformer-010522 --resume                     # continue a killed run exactly
   torchrun --nproc-per-node 4 -m training.train linformer-010522B --data gz2 ...   # data-parallel
 
-Writes to --out (default runs/<run>/): best.pt, last.pt (+ last.prev.pt), history.csv, tb/,
-metrics.json, confusion_matrix.png, predictions.csv, and appends a row to runs/results.md.
-last.pt is saved every epoch and every --checkpoint-every steps; `--resume` continues from it
-to the same weights an uninterrupted run reaches (data order and augmentation derive from
-(seed, epoch, index); RNG states are saved).
+Writes to --out (default runs/<run>/): best.pt, last.pt (+ last.prev.pt), history.csv, tb/, metrics.json,
+confusion_matrix.png, predictions.csv, and appends a row to runs/results.md. last.pt is saved every epoch
+and every --checkpoint-every steps; `--resume` continues from it to the same weights an uninterrupted run
+reaches (data order and augmentation derive from (seed, epoch, index); RNG states are saved).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from training.distributed import (
 from training.epoch import PRECISIONS, EpochPlan, EpochSums, Learner, Precision, steps_per_epoch, train_epoch
 from training.evaluate import TrainingOutcome, predict, report_split
 from training.families import family
+from training.few_labels import FewLabels, add_few_label_arguments
 from training.gpu_augment import AUGMENT_DEVICES, batch_augment_for, training_set
 from training.loader import BadImages
 from training.metrics import RunMetrics, append_results
@@ -152,13 +152,14 @@ class TrainOptions:
     progress: bool = True
     precision: str = "fp32"  # of the training forward pass: fp32, bf16 or fp16
     augment_device: str | None = None  # cpu, cuda or batch-cpu (training/gpu_augment.py); default by device
+    few_labels: FewLabels = field(default_factory=FewLabels)  # --teacher, --init (training/few_labels.py)
 
 
 def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> Path:
     """Train `run` on the data of `data_cfg`, write everything into the output folder and return it."""
     opts = opts or TrainOptions()
     procs = setup_distributed()
-    run = run.with_overrides(epochs=opts.epochs)
+    run = opts.few_labels.student(run.with_overrides(epochs=opts.epochs))
     out = Path(opts.out) if opts.out else Path("runs") / run.id
     dev = setup_device(opts.device, opts.threads, opts.deterministic, procs)
     workers = default_workers(dev, procs.local_world) if opts.workers is None else opts.workers
@@ -173,10 +174,11 @@ def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> P
     class_w = torch.tensor(loss_weights, dtype=torch.float32, device=dev)
 
     seed_everything(opts.seed)
-    model = build_model(run, num_classes=data.num_classes, weights=opts.weights).to(dev)
+    model = opts.few_labels.initialise(build_model(run, num_classes=data.num_classes, weights=opts.weights)).to(dev)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=run.step_size, gamma=run.gamma)
-    learner = Learner(model, procs.wrap(model, dev), optimizer, scheduler, amp.grad_scaler())
+    net = opts.few_labels.net(run, model, dev, prep, data.num_classes)
+    learner = Learner(model, procs.wrap(net, dev), optimizer, scheduler, amp.grad_scaler())
 
     last = out / "last.pt"
     about = {"run": run.to_dict(), "data": data_cfg.to_dict(), "seed": opts.seed, "precision": opts.precision}
@@ -188,7 +190,7 @@ def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> P
 
     train_set = training_set(train_split, prep, opts.seed, augment)
     steps = steps_per_epoch(len(train_split), batch_size, procs)
-    loss_fn = GlobalWeightedLoss(class_w, procs)
+    loss_fn = opts.few_labels.loss(GlobalWeightedLoss(class_w, procs))
     plan = EpochPlan(
         run.epochs, steps, batch_size, opts.seed, procs, dev, workers, opts.progress, amp, loss_fn, augment
     )
@@ -303,6 +305,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--results", default="runs/results.md", help="results markdown to append a row to ('' for none)")
     g.add_argument("--weights", help="vitbase: hub id or local save_pretrained folder for the backbone")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_few_label_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -327,6 +330,7 @@ def main(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             precision=args.precision,
             augment_device=args.augment_device,
+            few_labels=FewLabels.from_args(args),
         )
         train(run, data_config(args), opts)
     except (KeyError, ValueError, CheckpointError) as exc:  # DataError is a ValueError
