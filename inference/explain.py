@@ -34,16 +34,18 @@ class ExplainModel:
     scorer: Scorer
 
     def explain(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
-        """Evaluation crops (H, W, 3) uint8 -> one scored item each, with `rollout` (g, g) float32."""
+        """Evaluation crops (H, W, 3) uint8 -> one scored item each, with `rollout` (g, g) and `heads` (H, g, g)
+        float32 (the last layer's map of each head; training/attention.py)."""
         prep = self.card.prep
         batch = np.empty((len(crops), 3, prep.size, prep.size), np.float32)
         for row, crop in enumerate(crops):
             normalize(np.asarray(crop), prep, out=batch[row])
-        names = [self.card.output_name, self.card.embedding_name or "embedding", "rollout"]
-        logits, embeddings, rollout = self.session.run(names, {self.card.input_name: batch})
+        names = [self.card.output_name, self.card.embedding_name or "embedding", "rollout", "heads"]
+        logits, embeddings, rollout, heads = self.session.run(names, {self.card.input_name: batch})
         items = self.scorer.score(logits, embeddings)
-        for item, grid in zip(items, rollout, strict=True):
+        for item, grid, per_head in zip(items, rollout, heads, strict=True):
             item["rollout"] = np.asarray(grid, np.float32)
+            item["heads"] = np.asarray(per_head, np.float32)
         return items
 
 

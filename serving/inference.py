@@ -74,7 +74,7 @@ class Inference:
             )
 
     def infer(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One scored answer per item (inference/scoring.py; explain items add `rollout`), in item order;
+        """One scored answer per item (inference/scoring.py; explain items add `rollout` and `heads`), in item order;
         items of several models, and explain items, are grouped."""
         start = time.time()
         out: list[dict[str, Any]] = [{}] * len(items)

@@ -134,6 +134,12 @@ def endpoint_paths(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
                         "description": "g rows of g values: the attention map over the patch grid",
                         "items": {"type": "array", "items": {"type": "number"}},
                     },
+                    "heads": {
+                        "type": "array",
+                        "description": "H maps of g rows of g values: each head's map of the last layer "
+                        "(`rollout` for the Linformer is their mean)",
+                        "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                    },
                 },
             },
         ]

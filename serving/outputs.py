@@ -45,6 +45,10 @@ class Explained(Prediction):
     map_method: str = Field(description="rollout or linformer-value-projection")
     grid: int = Field(description="g: patches per side")
     rollout: list[list[float]] = Field(description="g rows of g values: the attention map over the patch grid")
+    heads: list[list[list[float]]] = Field(
+        description="H maps of g rows of g values: each head's map of the last layer (`rollout` for the Linformer "
+        "is their mean)"
+    )
 
 
 class ModelsInfo(BaseModel):

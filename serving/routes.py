@@ -159,7 +159,9 @@ class Handlers:
             png = await asyncio.to_thread(figure_png, crop, rollout, method != "rollout", title)
             headers = {"X-Request-Id": result["request_id"], "X-Class-Name": result["class_name"]}
             return Response(png, media_type="image/png", headers=headers)
-        return {**result, "map_method": method, "grid": len(rollout), "rollout": rollout.tolist()}
+        heads = np.asarray(answer["heads"], np.float32)  # (H, g, g): each head of the last layer
+        maps = {"map_method": method, "grid": len(rollout), "rollout": rollout.tolist(), "heads": heads.tolist()}
+        return {**result, **maps}
 
     async def list_models(self) -> dict[str, Any]:
         if self._providers is None:

@@ -187,12 +187,13 @@ def test_ood_flag_rejects_blank_sky_and_noise_and_accepts_galaxies(client, galax
     assert sum(flags) >= 6, flags  # synthetic galaxies the rule never saw: most pass (95% of validation did)
 
 
-def explain_reference(folder: Path, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, rollout) of explain.onnx for one image, outside the service."""
+def explain_reference(folder: Path, blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, rollout, heads) of explain.onnx for one image, outside the service."""
     card = load_card(folder / "fp32.card.json")
     session = ort.InferenceSession(str(verified_artifact(folder, card, "explain")), providers=["CPUExecutionProvider"])
-    logits, rollout = session.run(["logits", "rollout"], {"images": eval_batch(images_of([blob]), card.prep)})
-    return logits[0], rollout[0]
+    names = ["logits", "rollout", "heads"]
+    logits, rollout, heads = session.run(names, {"images": eval_batch(images_of([blob]), card.prep)})
+    return logits[0], rollout[0], heads[0]
 
 
 def test_explain_answers_the_prediction_and_the_rollout(client, models, galaxies):
@@ -200,10 +201,12 @@ def test_explain_answers_the_prediction_and_the_rollout(client, models, galaxies
     folder = stored_model_dir("inv", home)
     temperature = load_card(folder / "fp32.card.json").temperature
     for blob in galaxies[:3]:
-        logits, rollout = explain_reference(folder, blob)
+        logits, rollout, heads = explain_reference(folder, blob)
         answer = raw(client, blob, "/explain", model="inv").json()
         assert answer["map_method"] == "rollout" and answer["grid"] == rollout.shape[0] == len(answer["rollout"])
         np.testing.assert_allclose(np.array(answer["rollout"]), rollout, atol=1e-5)
+        assert np.array(answer["heads"]).shape == heads.shape == (2, *rollout.shape)  # the tiny ViT's 2 heads
+        np.testing.assert_allclose(np.array(answer["heads"]), heads, atol=1e-5)
         np.testing.assert_allclose(probs_of(answer), softmax(logits[None], temperature)[0], atol=1e-5)
         assert answer["calibrated"] is True and isinstance(answer["in_distribution"], bool)
         assert client.post("/feedback", json={"request_id": answer["request_id"], "label": 0}).status_code == 200
@@ -259,8 +262,12 @@ def test_explain_through_bentoml_serve_without_torch(server, tiny_models):
         )
         assert response.status_code == 200, response.text
         answer = response.json()
-        _, rollout = explain_reference(dirs[name], blob)
+        _, rollout, heads = explain_reference(dirs[name], blob)
         np.testing.assert_allclose(np.array(answer["rollout"]), rollout, atol=1e-5)
+        np.testing.assert_allclose(np.array(answer["heads"]), heads, atol=1e-5)
+        assert heads.ndim == 3 and heads.shape[1:] == rollout.shape
+        if name == "linformer":  # it has no rollout: its overview is the head mean (training/attention.py)
+            np.testing.assert_allclose(np.array(answer["heads"]).mean(axis=0), answer["rollout"], atol=1e-5)
         assert answer["map_method"] == ("rollout" if name == "vit" else "linformer-value-projection")
         picture = httpx.post(f"{server.url}/explain?format=png", content=blob, headers={"Content-Type": "image/jpeg"})
         assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")

@@ -205,6 +205,13 @@ def test_the_page_in_a_browser(browser, ui_server, files, screenshots):
     first.get_by_label("Map opacity").fill("0")
     assert overlay.evaluate("(c) => c.toDataURL()") != drawn  # the slider redraws the map
     first.get_by_label("Map opacity").fill("0.6")
+    rollout = overlay.evaluate("(c) => c.toDataURL()")
+    choice = first.get_by_label("Map", exact=True)
+    names = choice.locator("option").all_inner_texts()
+    assert len(names) > 1 and names == ["rollout", *(f"head {h}" for h in range(1, len(names)))]
+    choice.select_option("head 1")
+    assert first.locator("figure.attention").get_attribute("data-map") == "head 1"
+    assert overlay.evaluate("(c) => c.toDataURL()") != rollout  # the first head's map is drawn, not the rollout
     fits_card = page.locator('article[data-file="cutout.fits"]')
     fits_card.get_by_role("button", name="Show attention map").click()
     figure = fits_card.locator("figure.server-figure img")
@@ -281,4 +288,8 @@ def test_the_page_at_phone_width(browser, ui_server, files, screenshots):
     first.get_by_role("button", name="Show attention map").click()
     signed = first.locator('figure.attention[data-method="linformer-value-projection"]')
     signed.wait_for()
+    assert signed.get_attribute("data-map") == "head mean"  # the Linformer has no rollout
+    signed.get_by_label("Map", exact=True).focus()
+    page.keyboard.press("ArrowDown")  # the keyboard alone picks a head
+    page.wait_for_function("(f) => f.dataset.map === 'head 1'", arg=signed.element_handle(), timeout=WAIT_MS)
     context.close()

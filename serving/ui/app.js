@@ -342,8 +342,12 @@ async function showAttention(card) {
     }
     const answer = await (await call(`explain?format=json&${query}`, options, card.file.name)).json();
     const signed = answer.map_method !== "rollout";
+    // the overview map (the rollout, or the Linformer's head mean), then each head of the last layer
+    const maps = [answer.rollout, ...(answer.heads ?? [])];
+    const names = [signed ? "head mean" : "rollout", ...(answer.heads ?? []).map((_, h) => `head ${h + 1}`)];
+    const methods = [signed ? "last layer, head mean (signed)" : "attention rollout",
+      ...(answer.heads ?? []).map((_, h) => `last layer, head ${h + 1}${signed ? " (signed)" : ""}`)];
     const layer = el("canvas", { width: crop.width, height: crop.height });
-    layer.getContext("2d").putImageData(mapLayer(answer.rollout, crop.width, signed), 0, 0);
     const view = el("canvas", { width: crop.width, height: crop.height, class: "overlay",
       role: "img", "aria-label": `attention map of ${card.file.name} over the crop the model sees` });
     const draw = (opacity) => {
@@ -353,17 +357,26 @@ async function showAttention(card) {
       ctx.globalAlpha = opacity;
       ctx.drawImage(layer, 0, 0);
     };
-    const sliderId = `opacity-${card.id}`;
+    const sliderId = `opacity-${card.id}`, mapId = `map-${card.id}`;
     const slider = el("input", { type: "range", id: sliderId, min: 0, max: 1, step: 0.05, value: DEFAULT_OPACITY,
       oninput: (event) => draw(Number(event.target.value)) });
-    draw(DEFAULT_OPACITY);
-    const method = signed ? "last layer, head mean (signed)" : "attention rollout";
-    slot.replaceChildren(el("figure", { class: "attention", "data-method": answer.map_method },
-      el("div", { class: "map-row" }, view, colourBar(signed, answer.rollout)),
-      el("figcaption", {}, `${method} over the centre crop the model sees, ${answer.grid}×${answer.grid} patches; ` +
-        "the explain model says " +
-        `${answer.class_name} (${percent(answer.probabilities[answer.class_name])})`),
-      el("div", { class: "field slider" }, el("label", { for: sliderId }, "Map opacity"), slider)));
+    const row = el("div", { class: "map-row" }, view), caption = el("figcaption", {});
+    const figure = el("figure", { class: "attention", "data-method": answer.map_method });
+    const show = (k) => { // the chosen map, on the same colour scale as the rollout (signed for the Linformer)
+      layer.getContext("2d").putImageData(mapLayer(maps[k], crop.width, signed), 0, 0);
+      row.replaceChildren(view, colourBar(signed, maps[k]));
+      figure.dataset.map = names[k];
+      caption.textContent = `${methods[k]} over the centre crop the model sees, ${answer.grid}×${answer.grid} ` +
+        `patches; the explain model says ${answer.class_name} (${percent(answer.probabilities[answer.class_name])})`;
+      draw(Number(slider.value));
+    };
+    const choice = el("select", { id: mapId, onchange: (event) => show(Number(event.target.value)) },
+      names.map((name, k) => el("option", { value: k }, name)));
+    show(0);
+    figure.append(row, caption,
+      el("div", { class: "field map-choice" }, el("label", { for: mapId }, "Map"), choice),
+      el("div", { class: "field slider" }, el("label", { for: sliderId }, "Map opacity"), slider));
+    slot.replaceChildren(figure);
   } catch (problem) {
     slot.replaceChildren(el("p", { class: "error", role: "alert" }, problem.message),
       el("p", { class: "hint detail" }, `The service said: ${problem.detail}`));
