@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from PIL import Image
+from playwright.sync_api import Browser, sync_playwright
 from tiny_galaxies import write_tiny_dataset
 
 from galaxyvit.paths import REAL_SAMPLE_IMAGES
@@ -79,12 +81,18 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
-    """pytest-playwright's launch options, with Debian's Chromium (Playwright's own download is unreachable)."""
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium (Playwright's own browser download is unreachable), closed with this module.
+
+    Playwright's sync API runs an event loop while it is open; a session-wide one (pytest-playwright's
+    fixtures) would make `asyncio.run` fail in every test that runs after this module."""
     if CHROMIUM is None:
         pytest.skip("no Chromium: run scripts/setup.sh as root where apt is available (it installs Debian's chromium)")
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
 
 
 def test_the_page_and_its_files_need_no_key_but_the_endpoints_do(ui_server):
