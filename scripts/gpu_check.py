@@ -8,6 +8,7 @@ On a machine with an NVIDIA GPU (and onnxruntime-gpu able to load CUDA), run fro
     python scripts/gpu_check.py --training            # epoch time of linformer-010522B, vit-110421, ViT-Base (~5 min)
     python scripts/gpu_check.py --sweep --synthetic   # per-protocol load test on CUDA, fp32 and fp16 (~15 min)
     python scripts/gpu_check.py --few-labels          # epoch time of scratch, distilled, SimCLR (gpu_few_labels.py)
+    python scripts/gpu_check.py --all                 # every part above in one call, each within its time budget
 
 It starts the service (serving.process.ServerProcess) on 127.0.0.1 with device cuda, fails unless every model runs on
 CUDAExecutionProvider, then sends multipart /classify requests of each batch size from a few
@@ -34,7 +35,9 @@ import argparse
 import io
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -176,6 +179,37 @@ def protocol_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --all: one device session holds every measurement (a lent GPU comes with ~15 minutes in all), each part in its own
+# process with a time budget in seconds; a part that fails or overruns is reported and the next one still runs
+ALL_PARTS = (
+    (["--synthetic", "--seconds", "4"], 180),
+    (["--training"], 240),
+    (["--sweep", "--synthetic", "--repeat", "1", "--duration", "8", "--variants", "fp16"], 300),
+    (["--few-labels"], 120),
+)
+
+
+def run_all_parts() -> int:
+    """Each of ALL_PARTS as `python scripts/gpu_check.py PART` in turn; a summary line per part at the end."""
+    summary = []
+    for part, budget_s in ALL_PARTS:
+        print(f"\n==> gpu_check.py {' '.join(part)} (at most {budget_s} s)", flush=True)
+        child = subprocess.Popen([sys.executable, __file__, *part])
+        try:
+            code = child.wait(timeout=budget_s)
+            summary.append(f"{' '.join(part)}: {'ok' if code == 0 else f'exit {code}'}")
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGINT)  # KeyboardInterrupt: the part's `with ServerProcess` stops its server
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            summary.append(f"{' '.join(part)}: stopped after {budget_s} s")
+    print("\n" + "\n".join(summary))
+    return 0 if all(line.endswith(": ok") for line in summary) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -202,7 +236,10 @@ def main() -> int:
     sweep.add_argument("--target", type=float, default=0.8, help="least HTTP share of the bare engine (0.8)")
     sweep.add_argument("--out", type=Path, default=None, help="report folder (default: a temp folder)")
     parser.add_argument("--few-labels", action="store_true", help="the few-label epoch times (gpu_few_labels.py)")
+    parser.add_argument("--all", action="store_true", help="every GPU measurement in one call (ALL_PARTS)")
     args, rest = parser.parse_known_args()
+    if args.all:
+        return run_all_parts()
     if args.few_labels:
         from gpu_few_labels import main as few_labels_main  # scripts/ is on sys.path when this file runs
 
