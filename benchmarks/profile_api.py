@@ -31,16 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from load_tests.reliability import process_tree  # noqa: E402
-from serving.inference import ENTRY_SERVICE  # noqa: E402
+from serving.inference import ENTRY_SERVICE, INFERENCE_SERVICE  # noqa: E402
 from serving.process import ServerProcess  # noqa: E402
 
 
-def api_worker(server: ServerProcess) -> psutil.Process:
+def service_worker(server: ServerProcess, service: str = ENTRY_SERVICE) -> psutil.Process:
+    """The (first) worker process of `service` (the API: ENTRY_SERVICE, inference: INFERENCE_SERVICE)."""
     for process in process_tree(server.pid):
         command = process.cmdline()
-        if "--service-name" in command and command[command.index("--service-name") + 1] == ENTRY_SERVICE:
+        if "--service-name" in command and command[command.index("--service-name") + 1] == service:
             return process
-    raise RuntimeError("no API worker found")
+    raise RuntimeError(f"no {service} worker found")
 
 
 def served_images(url: str) -> float:
@@ -83,15 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=8)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--protocol", default="", help="what the users post (load_tests/locustfile.py PROTOCOLS)")
+    parser.add_argument(
+        "--all-threads", action="store_true", help="sample every running thread, not only the one holding the GIL"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/profile-api"))
+    parser.add_argument("--no-samples", action="store_true", help="only the images/s and core-ms, without py-spy")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).with_name("py-spy")
     settings = {"models": args.model, "max_latency_ms": 20000}
     with ServerProcess(settings, log=args.out / "server.log") as server:
-        worker = api_worker(server)
+        worker, inference = service_worker(server), service_worker(server, INFERENCE_SERVICE)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GALAXYVIT_LOADTEST_MODEL": args.model}
         env["GALAXYVIT_LOADTEST_IMAGES"] = str(args.images_per_request)
+        env["GALAXYVIT_LOADTEST_PROTOCOL"] = args.protocol
         locust = subprocess.Popen(
             [str(Path(sys.executable).with_name("locust")), "-f", str(ROOT / "load_tests" / "locustfile.py")]
             + ["--headless", "-u", str(args.concurrency), "-r", str(args.concurrency), "--host", server.url]
@@ -104,21 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         try:
             time.sleep(args.warmup)
             images0, cpu0, t0 = served_images(server.url), sum(worker.cpu_times()[:2]), time.monotonic()
+            inference0 = sum(inference.cpu_times()[:2])
             raw = args.out / "api-samples.txt"
-            subprocess.run(
-                [str(py_spy), "record", "--pid", str(worker.pid), "--duration", str(int(args.seconds))]
-                + ["--rate", "200", "--nonblocking", "--gil", "--format", "raw", "--output", str(raw)],
-                check=True,
-                capture_output=True,
-                timeout=args.seconds + 60,
-            )
+            if args.no_samples:
+                time.sleep(args.seconds)
+            else:
+                subprocess.run(
+                    [str(py_spy), "record", "--pid", str(worker.pid), "--duration", str(int(args.seconds))]
+                    + ["--rate", "200", "--nonblocking", "--format", "raw", "--output", str(raw)]
+                    + ([] if args.all_threads else ["--gil"]),
+                    check=True,
+                    capture_output=True,
+                    timeout=args.seconds + 60,
+                )
             images1, cpu1, t1 = served_images(server.url), sum(worker.cpu_times()[:2]), time.monotonic()
+            inference1 = sum(inference.cpu_times()[:2])
         finally:
             locust.terminate()
             locust.wait(30)
     images = images1 - images0
     print(f"load average {os.getloadavg()[0]:.1f}; {images:.0f} images in {t1 - t0:.1f} s = {images / (t1 - t0):.1f}/s")
     print(f"API worker: {(cpu1 - cpu0) * 1000 / max(images, 1):.2f} core-ms per image")
+    print(f"inference worker: {(inference1 - inference0) * 1000 / max(images, 1):.2f} core-ms per image")
+    if args.no_samples:
+        return 0
     samples: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")

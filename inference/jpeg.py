@@ -26,12 +26,17 @@ JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG plugin accepts
 EXACT_COLORSPACES = ("YCbCr", "RGB", "Gray")
 
 
+def is_jpeg(data: bytes) -> bool:
+    """Whether `data` starts as a JPEG file does (what Pillow's JPEG plugin looks for)."""
+    return data[: len(JPEG_MAGIC)] == JPEG_MAGIC
+
+
 def decode_jpeg(data: bytes, max_pixels: int, max_decoded_bytes: int | None = None) -> np.ndarray | None:
     """A JPEG's pixels as an (H, W, 3) uint8 RGB array, or None where Pillow must decode it (see above).
 
     `max_decoded_bytes`: decline a JPEG whose decoded planes (1 for grey, 3 for colour, 1 byte a sample) are
     larger, so that the caller's size rules refuse it as they refuse any other image."""
-    if simplejpeg is None or data[: len(JPEG_MAGIC)] != JPEG_MAGIC:
+    if simplejpeg is None or not is_jpeg(data):
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)

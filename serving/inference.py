@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import bentoml
 import numpy as np
 
-from galaxyvit.preprocess import normalize
+from galaxyvit.preprocess import Preprocessing, normalize
 from galaxyvit.store import tag
 from inference.scoring import Scorer
 from serving.bentoml_patches import hold_sigterm_while_api_workers_run
@@ -32,6 +32,7 @@ from serving.config import ServingConfig
 from serving.errors import ServiceError
 from serving.metrics import get_metrics
 from serving.readiness import mark_ready
+from serving.uploads import decode_crop
 
 if TYPE_CHECKING:
     from inference.explain import ExplainModel
@@ -52,7 +53,9 @@ class Inference:
 
         threads = config.intra_op_threads or default_threads(config.inference_workers)
         self.metrics = get_metrics()
+        self.config = config
         self.loaded: dict[str, LoadedModel] = {}
+        self.preps: dict[str, Preprocessing] = {}
         self.scorers: dict[str, Scorer] = {}
         self.explainers: dict[str, ExplainModel] = {}
         for served in catalog.models.values():
@@ -65,6 +68,7 @@ class Inference:
             # before /readyz turns ready; on CUDA also the largest batch (memory arena, kernel choice)
             model.warm_up((1, 2, config.max_batch_size) if model.provider == "CUDAExecutionProvider" else (1, 2))
             self.loaded[served.name] = model
+            self.preps[served.name] = model.card.prep  # built anew at each access of `card.prep`
             self.metrics.provider.labels(served.name, model.provider).set(1)
             for split, acc in (("valid", model.card.valid_acc), ("test", model.card.test_acc)):
                 if acc is not None:
@@ -73,13 +77,28 @@ class Inference:
                 "serving %s (%s %s) on %s", served.name, model.card.family, model.card.variant, model.provider
             )
 
+    def decode(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """Give a `jpeg` item its evaluation crop `x` (serving/uploads.py `decode_crop`, the API's own code and
+        limits); a JPEG the rules refuse answers {"refused": the ServiceError as a dict} instead."""
+        if "jpeg" in item:
+            try:
+                item["x"] = decode_crop(item.pop("jpeg"), self.preps[item["model"]], self.config)
+            except ServiceError as refusal:
+                return {"refused": refusal.to_dict()}
+        return None
+
     def infer(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One scored answer per item (inference/scoring.py; explain items add `rollout` and `heads`), in item order;
-        items of several models, and explain items, are grouped."""
+        items of several models, and explain items, are grouped. Items carry their evaluation crop `x` or, from
+        POST /classify, the `jpeg` file to decode here."""
         start = time.time()
         out: list[dict[str, Any]] = [{}] * len(items)
         groups: dict[tuple[str, bool], list[int]] = {}
         for i, item in enumerate(items):
+            refused = self.decode(item)
+            if refused is not None:
+                out[i] = refused
+                continue
             groups.setdefault((item["model"], bool(item.get("explain"))), []).append(i)
         for (name, explain), idx in groups.items():
             model = self.loaded[name]
@@ -89,10 +108,10 @@ class Inference:
             if explain:
                 answers = self.explainers[name].explain([np.asarray(items[i]["x"]) for i in idx])
             else:
-                size = model.card.prep.size
+                size = self.preps[name].size
                 batch = np.empty((len(idx), 3, size, size), np.float32)
                 for row, i in enumerate(idx):
-                    normalize(np.asarray(items[i]["x"]), model.card.prep, out=batch[row])
+                    normalize(np.asarray(items[i]["x"]), self.preps[name], out=batch[row])
                 logits, embeddings = model.outputs(batch)
                 answers = self.scorers[name].score(logits, embeddings)
                 if embeddings is not None:  # the CLS embedding, for the items that ask (serving/oip.py)
@@ -146,6 +165,13 @@ def inference_service(config: ServingConfig, catalog: Catalog) -> bentoml.Servic
     for name in catalog.models:
         service.models.append(bentoml.models.BentoModel(tag(name)))
     return service
+
+
+def refuse_if_refused(answer: dict[str, Any]) -> None:
+    """Raise the ServiceError of an item the inference process refused (a JPEG it could not decode)."""
+    if "refused" in answer:
+        refusal = answer["refused"]
+        raise ServiceError(refusal["kind"], int(refusal["status"]), refusal["error"])
 
 
 class InferenceClient:

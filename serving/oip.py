@@ -21,7 +21,6 @@ The inference is the one of POST /classify: the same items to the inference serv
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,12 +37,12 @@ from serving.admission import readiness_problem
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
 from serving.errors import ServiceError
-from serving.inference import INFERENCE_SERVICE
+from serving.inference import INFERENCE_SERVICE, refuse_if_refused
 from serving.metrics import get_metrics
 from serving.oip_codec import HEADER_LENGTH, Tensor, bad, encode_response, output_tensor, read_inputs, split_body
 from serving.readiness import Readiness
 from serving.routes import Handlers
-from serving.uploads import check_image_count, decode_crop
+from serving.uploads import check_image_count
 
 PREFIX = "/v2"
 SERVER_NAME = "galaxyvit"
@@ -108,9 +107,9 @@ class OpenInference:
     """What the /v2 routes do, for one API worker."""
 
     def __init__(self, handlers: Handlers, readiness: Readiness | None = None) -> None:
-        self.handlers = handlers  # the worker's (serving/routes.py): its catalogue, inference client, decoding pool
+        self.handlers = handlers  # the worker's (serving/routes.py): catalogue, inference client, decoding
         self.catalog, self.config = handlers.catalog, handlers.config
-        self.inference, self.decoder = handlers.inference, handlers.decoder
+        self.inference = handlers.inference
         self.readiness = readiness
         catalog = self.catalog
         # what each request needs of its model, made once (a card's `prep` is built anew at each access)
@@ -159,11 +158,13 @@ class OpenInference:
         body = await request.body()  # received whole, within max_upload_bytes, by serving/admission.py
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         outputs = requested_outputs(header, model, self.outputs[model.name])
-        crops = await self.crops(model, read_inputs(header, binary))
+        sent = await self.model_inputs(model, read_inputs(header, binary))
         embedding = any(name == "embedding" for name, _ in outputs)
         t = time.time()
-        items = [{"model": model.name, "x": x, "t": t, **({"embedding": True} if embedding else {})} for x in crops]
+        items = [{"model": model.name, "t": t, **({"embedding": True} if embedding else {}), **x} for x in sent]
         answers = await self.inference.infer(items)
+        for one in answers:
+            refuse_if_refused(one)
         probabilities = np.stack([np.asarray(a["p"], np.float32) for a in answers])
         labels = probabilities.argmax(axis=1).astype(np.int64)
         for label in labels:
@@ -188,12 +189,12 @@ class OpenInference:
         headers = {"Inference-Header-Content-Length": str(header_length)}
         return Response(content, media_type="application/octet-stream", headers=headers)
 
-    async def crops(self, model: ServedModel, inputs: dict[str, Tensor]) -> list[np.ndarray]:
-        """The request's evaluation crops: given as `images`, or decoded from `image_bytes`."""
+    async def model_inputs(self, model: ServedModel, inputs: dict[str, Tensor]) -> list[dict[str, Any]]:
+        """What each image sends to the inference service: its evaluation crop given as `images`, or the encoded
+        file of `image_bytes` as POST /classify sends it (`Handlers.model_inputs`)."""
         if len(inputs) != 1 or not inputs.keys() <= {"images", "image_bytes"}:
             raise bad(f"give exactly one input, `images` or `image_bytes`, not {', '.join(map(repr, inputs))}")
-        prep = self.preps[model.name]
-        size = prep.size
+        size = self.preps[model.name].size
         tensor = next(iter(inputs.values()))
         if tensor.name == "images":
             if tensor.datatype != "UINT8" or len(tensor.shape) != 4 or tensor.shape[1:] != (size, size, 3):
@@ -204,8 +205,8 @@ class OpenInference:
             raise ServiceError("no_images", 400, "no image in the request")
         check_image_count(tensor.shape[0], 1, self.config)
         if isinstance(tensor.value, np.ndarray):
-            return list(tensor.value)
-        return await self.decoder.map([functools.partial(decode_crop, b, prep, self.config) for b in tensor.value])
+            return [{"x": x} for x in tensor.value]
+        return await self.handlers.model_inputs(model, list(tensor.value), 1)
 
 
 async def live(request: Request) -> Response:

@@ -22,15 +22,16 @@ from starlette.routing import Route
 from galaxyvit.card import ModelCard
 from galaxyvit.overlay import figure_png, prediction_title
 from inference.explain import has_explain
+from inference.jpeg import is_jpeg
 from inference.scoring import combine_views, view_crops
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
 from serving.decode_pool import DecodePool
 from serving.errors import ServiceError, error_response
-from serving.inference import InferenceClient
+from serving.inference import InferenceClient, refuse_if_refused
 from serving.metrics import get_metrics
 from serving.outputs import json_response
-from serving.store import FeedbackExists, OtherOwner, PredictionStore, UnknownRequest
+from serving.store import FeedbackExists, OtherOwner, PredictionStore, StoreWriter, UnknownRequest
 from serving.uploads import check_image_count, decode_crop
 
 MODEL_DETAILS = ("run_config", "confusion_matrix")  # card fields GET /models shows only with expose_model_details
@@ -73,6 +74,7 @@ class Handlers:
         self.catalog = catalog
         self.config = config
         self.store = store
+        self.writer = StoreWriter(store)
         self.inference = inference
         self.metrics = get_metrics()
         self.decoder = DecodePool(config.decode_threads)
@@ -85,13 +87,24 @@ class Handlers:
         jobs = [functools.partial(decode_crop, b, prep, config) for b in blobs]
         return [await self.decoder.run(jobs[0])] if len(jobs) == 1 else await self.decoder.map(jobs)
 
+    async def model_inputs(self, model: ServedModel, blobs: list[bytes], tta: int) -> list[dict[str, Any]]:
+        """What each item carries to the inference service: with tta=1 a JPEG goes as it is (`jpeg`: the
+        inference process decodes and crops it beside the batch, with the same code and limits; a quarter
+        of the crop's bytes cross between the processes); any other image is decoded and cropped here, and
+        with tta=8 each crop goes as its 8 views (`x`)."""
+        if tta == 1 and all(is_jpeg(blob) for blob in blobs):
+            return [{"jpeg": blob} for blob in blobs]
+        return [{"x": x} for x in view_crops(await self.crops(model, blobs), tta)]
+
     async def predict(
         self, model: ServedModel, blobs: list[bytes], owner: str | None = None, tta: int = 1
     ) -> list[dict[str, Any]]:
         """Decode, crop, batch (each image, or its 8 views) through the inference service, record (for API
         key `owner`) and format one result per image."""
-        crops = view_crops(await self.crops(model, blobs), tta)
-        answers = await self.inference.infer([{"model": model.name, "x": x, "t": time.time()} for x in crops])
+        items = [{"model": model.name, "t": time.time(), **sent} for sent in await self.model_inputs(model, blobs, tta)]
+        answers = await self.inference.infer(items)
+        for answer in answers:
+            refuse_if_refused(answer)
         return await self.record(model, combine_views(answers, tta), owner, tta)
 
     async def record(
@@ -121,7 +134,7 @@ class Handlers:
             if "spread" in answer:
                 result["spread"] = answer["spread"]
             results.append(result)
-        await asyncio.to_thread(self.store.add, rows, owner)
+        await self.writer.add(rows, owner)
         return results
 
     async def classify(

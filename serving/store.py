@@ -9,6 +9,7 @@ feedback is taken only from that key.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -66,12 +67,16 @@ class PredictionStore:
     def add(self, rows: list[tuple[str, str, int]], owner: str | None = None) -> None:
         """Record (request_id, model, label) rows, made for `owner` (None: no API keys), and evict beyond the
         newest `size`."""
+        self.add_groups([(rows, owner)])
+
+    def add_groups(self, groups: list[tuple[list[tuple[str, str, int]], str | None]]) -> None:
+        """`add` for the rows of several requests, (rows, owner) each, in one transaction."""
         now = time.time()
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
                 "INSERT INTO predictions (request_id, model, label, created, owner) VALUES (?, ?, ?, ?, ?)",
-                [(rid, model, label, now, owner) for rid, model, label in rows],
+                [(rid, model, label, now, owner) for rows, owner in groups for rid, model, label in rows],
             )
             self.db.execute("DELETE FROM predictions WHERE seq <= (SELECT MAX(seq) FROM predictions) - ?", (self.size,))
 
@@ -121,3 +126,40 @@ class PredictionStore:
     def __len__(self) -> int:
         with self.lock:
             return self.db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
+
+class StoreWriter:
+    """The API worker's writes to the store: the rows of concurrent requests go together.
+
+    One write (a thread hop and a transaction) is in flight at a time; the rows of requests that arrive
+    meanwhile wait and go in the next one, so under load one write serves several requests. Each request
+    waits until its rows are written, so its request ids are known to every worker by the time it answers."""
+
+    def __init__(self, store: PredictionStore) -> None:
+        self.store = store
+        self.waiting: list[tuple[list[tuple[str, str, int]], str | None, asyncio.Future[None]]] = []
+        self.writing: asyncio.Task[None] | None = None
+
+    async def add(self, rows: list[tuple[str, str, int]], owner: str | None = None) -> None:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((rows, owner, written))
+        if self.writing is None:
+            self.writing = asyncio.ensure_future(self._write())
+        await written
+
+    async def _write(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    await asyncio.to_thread(self.store.add_groups, [(rows, owner) for rows, owner, _ in batch])
+                except Exception as exc:
+                    for *_, written in batch:
+                        if not written.done():
+                            written.set_exception(exc)
+                    continue
+                for *_, written in batch:
+                    if not written.done():
+                        written.set_result(None)
+        finally:
+            self.writing = None

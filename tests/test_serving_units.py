@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from serving_fixtures import ROOT
 
 from serving.config import load_config
-from serving.store import FeedbackExists, PredictionStore, UnknownRequest
+from serving.store import FeedbackExists, PredictionStore, StoreWriter, UnknownRequest
 
 
 def test_config_env_over_file_over_defaults(tmp_path):
@@ -78,6 +79,25 @@ def test_store_is_bounded_shared_and_exact(tmp_path):
     assert b.model_of("x4") == "vit"
     with pytest.raises(UnknownRequest):
         b.model_of("r2")  # evicted
+
+
+def test_store_writer_writes_concurrent_requests_together(tmp_path):
+    store, transactions = PredictionStore(tmp_path / "p.sqlite", size=100), []
+    write = store.add_groups
+    store.add_groups = lambda groups: (transactions.append(len(groups)), write(groups))[1]  # type: ignore[method-assign]
+    writer = StoreWriter(store)
+
+    async def requests() -> None:
+        await asyncio.gather(*(writer.add([(f"r{i}", "vit", i % 8)], owner=f"key{i % 2}") for i in range(20)))
+
+    asyncio.run(requests())
+    assert len(store) == 20 and sum(transactions) == 20
+    assert len(transactions) < 20  # the first request's write went alone; the 19 that came meanwhile, together
+    assert store.model_of("r7", owner="key1") == "vit"  # every row is there, with its owner, once add returned
+    store.db.close()
+    broken = StoreWriter(store)  # a failed write fails its requests (the endpoint answers 500), not silently
+    with pytest.raises(Exception, match="closed"):
+        asyncio.run(broken.add([("x", "vit", 0)]))
 
 
 def test_serving_never_imports_torch_and_builds_only_when_asked(tiny_models, tmp_path):
