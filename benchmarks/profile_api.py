@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "--all-threads", action="store_true", help="sample every running thread, not only the one holding the GIL"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/profile-api"))
+    parser.add_argument("--inference", action="store_true", help="sample the inference worker instead of the API's")
     parser.add_argument("--no-samples", action="store_true", help="only the images/s and core-ms, without py-spy")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(args.seconds)
             else:
                 subprocess.run(
-                    [str(py_spy), "record", "--pid", str(worker.pid), "--duration", str(int(args.seconds))]
+                    [
+                        str(py_spy),
+                        "record",
+                        "--pid",
+                        str((inference if args.inference else worker).pid),
+                        "--duration",
+                        str(int(args.seconds)),
+                    ]
                     + ["--rate", "200", "--nonblocking", "--format", "raw", "--output", str(raw)]
                     + ([] if args.all_threads else ["--gil"]),
                     check=True,

@@ -150,10 +150,14 @@ def inference_service(config: ServingConfig, catalog: Catalog) -> bentoml.Servic
         def describe(self) -> dict[str, Any]:
             return self.inference.describe()
 
+    untraced = {} if config.tracing else {"tracing": {"excluded_urls": ["."]}}  # "." matches every URL
     service = bentoml.service(
         name=INFERENCE_SERVICE,
         workers=config.inference_workers,
         traffic={"timeout": config.timeout_s},
+        # the calls between the deployment's own processes: no access-log line each (the API logs the request)
+        logging={"access": {"enabled": False}},
+        **untraced,
         # BentoML 1.4 replaces the API workers' client session every 100 calls or 300 s and closes the old
         # one with requests still in flight on it, which fails them (503 inference_unavailable under load).
         # Keep one session for the life of the worker instead.
