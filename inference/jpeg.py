@@ -31,6 +31,17 @@ def is_jpeg(data: bytes) -> bool:
     return data[: len(JPEG_MAGIC)] == JPEG_MAGIC
 
 
+def jpeg_pixels(data: bytes) -> int | None:
+    """A JPEG's width x height from its header (microseconds), or None when it is not one simplejpeg reads."""
+    if simplejpeg is None or not is_jpeg(data):
+        return None
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return height * width
+
+
 def decode_jpeg(data: bytes, max_pixels: int, max_decoded_bytes: int | None = None) -> np.ndarray | None:
     """A JPEG's pixels as an (H, W, 3) uint8 RGB array, or None where Pillow must decode it (see above).
 

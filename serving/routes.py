@@ -22,7 +22,7 @@ from starlette.routing import Route
 from galaxyvit.card import ModelCard
 from galaxyvit.overlay import figure_png, prediction_title
 from inference.explain import has_explain
-from inference.jpeg import is_jpeg
+from inference.jpeg import jpeg_pixels
 from inference.scoring import combine_views, view_crops
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
@@ -34,6 +34,9 @@ from serving.outputs import json_response
 from serving.store import FeedbackExists, OtherOwner, PredictionStore, StoreWriter, UnknownRequest
 from serving.uploads import check_image_count, decode_crop
 
+# JPEGs up to this size (GZ2 cutouts are 424x424) are decoded by the inference process; larger ones here, so that
+# one big image does not hold up the batch of everyone else's
+HANDOFF_MAX_PIXELS = 1024 * 1024
 MODEL_DETAILS = ("run_config", "confusion_matrix")  # card fields GET /models shows only with expose_model_details
 
 
@@ -65,6 +68,13 @@ def card_fields(card: ModelCard, expose_details: bool) -> dict[str, Any]:
     return fields if expose_details else {k: v for k, v in fields.items() if k not in MODEL_DETAILS}
 
 
+def hand_off(blobs: list[bytes], tta: int) -> bool:
+    """Whether the inference process decodes these uploads: with tta=1, when all are cutout-sized JPEGs. It
+    decodes and crops them beside the batch with the same code and limits (serving/uploads.py `decode_crop`), and
+    a 20 KB file crosses between the processes instead of a 150 KB crop."""
+    return tta == 1 and all(0 < (jpeg_pixels(blob) or 0) <= HANDOFF_MAX_PIXELS for blob in blobs)
+
+
 class Handlers:
     """What the routes do, for one API worker: decoding, limits, the evaluation crop, the prediction store."""
 
@@ -88,11 +98,9 @@ class Handlers:
         return [await self.decoder.run(jobs[0])] if len(jobs) == 1 else await self.decoder.map(jobs)
 
     async def model_inputs(self, model: ServedModel, blobs: list[bytes], tta: int) -> list[dict[str, Any]]:
-        """What each item carries to the inference service: with tta=1 a JPEG goes as it is (`jpeg`: the
-        inference process decodes and crops it beside the batch, with the same code and limits; a quarter
-        of the crop's bytes cross between the processes); any other image is decoded and cropped here, and
-        with tta=8 each crop goes as its 8 views (`x`)."""
-        if tta == 1 and all(is_jpeg(blob) for blob in blobs):
+        """What each item carries to the inference service: the JPEG itself (`jpeg`) when `hand_off`, else the
+        evaluation crop decoded here on the decoding threads (`x`; with tta=8 each crop's 8 views)."""
+        if hand_off(blobs, tta):
             return [{"jpeg": blob} for blob in blobs]
         return [{"x": x} for x in view_crops(await self.crops(model, blobs), tta)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import subprocess
@@ -10,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from serving_fixtures import ROOT
 
 from serving.config import load_config
+from serving.routes import hand_off
 from serving.store import FeedbackExists, PredictionStore, StoreWriter, UnknownRequest
 
 
@@ -98,6 +101,19 @@ def test_store_writer_writes_concurrent_requests_together(tmp_path):
     broken = StoreWriter(store)  # a failed write fails its requests (the endpoint answers 500), not silently
     with pytest.raises(Exception, match="closed"):
         asyncio.run(broken.add([("x", "vit", 0)]))
+
+
+def test_cutout_jpegs_are_handed_to_the_inference_process_and_others_decoded_in_the_api():
+    def encoded(size: int, fmt: str) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (size, size), (30, 20, 10)).save(out, fmt)
+        return out.getvalue()
+
+    cutout, big, png = encoded(424, "JPEG"), encoded(1100, "JPEG"), encoded(424, "PNG")
+    assert hand_off([cutout], 1) and hand_off([cutout, cutout], 1)
+    assert not hand_off([cutout], 8)  # the 8 views are made from the crop, here
+    assert not hand_off([big], 1) and not hand_off([cutout, png], 1)  # one big image would hold up the batch
+    assert not hand_off([b"\xff\xd8\xff garbage"], 1)  # decoded here, refused as before
 
 
 def test_serving_never_imports_torch_and_builds_only_when_asked(tiny_models, tmp_path):
