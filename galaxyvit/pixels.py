@@ -14,8 +14,8 @@ that larger = less like a galaxy:
                 flat images, pages;
   band_offset   log(1 + the larger shift (px) of the R or B plane against G at the peak of their
                 cross-correlation, over the central 96x96 source pixels): misregistered bands;
-  column        log(1 + the largest departure of a column's (or row's) median from its neighbours', in sigmas
-                of a column median): bleed trails and bad columns;
+  column        log(1 + the largest departure of a channel's column (or row) median from its neighbours', in
+                the noise of such a median, at least 1 grey level): bleed trails and bad columns;
   spikes        log(1 + brightness of four rays at right angles from the brightest source, above the rays
                 next to them): the diffraction spikes of a bright star.
 They are the same for the 8 rotated/flipped views of galaxyvit.tta up to pixel rounding; 5-8 ms a crop.
@@ -69,10 +69,11 @@ def _shift(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _column(planes: np.ndarray, sigma: np.ndarray) -> float:
-    """Largest |column median - median of its neighbours 4-8 columns away| of a channel, in sigmas of a column
-    median (columns and rows: the crop may be a rotated view)."""
+    """Largest |column median - median of its neighbours 4-8 columns away| of a channel, in the noise of a column
+    median, at least 1 grey level (medians of integers move in whole levels); columns and rows: the crop may be
+    a rotated view."""
     worst = 0.0
-    noise = 1.2533 * np.maximum(sigma, 1.0)[:, None] / np.sqrt(planes.shape[1])  # sigma of a median of S pixels
+    noise = np.maximum(1.2533 * sigma[:, None] / np.sqrt(planes.shape[1]), 1.0)
     for lines in (planes.transpose(0, 2, 1), planes):  # (3, W, H): columns; (3, H, W): rows
         medians = np.median(np.ascontiguousarray(lines), axis=2)  # (3, W)
         w = medians.shape[1]
