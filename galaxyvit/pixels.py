@@ -40,10 +40,17 @@ SPIKE_RADII = (24, 100)  # px from the brightest source where diffraction spikes
 WHITE = 240  # a pixel is white-saturated when all its channels reach this
 
 
-def _robust_sigma(values: np.ndarray) -> np.ndarray:
-    """1.4826 MAD along the last axis."""
-    median = np.median(values, axis=-1, keepdims=True)
-    return 1.4826 * np.median(np.abs(values - median), axis=-1)
+def _level_median(levels: np.ndarray) -> int:
+    """The (lower) median of non-negative integers, from their histogram (a few times faster than np.median)."""
+    cdf = np.cumsum(np.bincount(levels.ravel()))
+    return int(np.searchsorted(cdf, (int(cdf[-1]) + 1) // 2))
+
+
+def _sky(border: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of (3, P) uint8 border pixels: the median level and the robust sigma (1.4826 MAD)."""
+    sky = np.array([_level_median(channel) for channel in border])
+    mad = [_level_median(np.abs(channel.astype(np.int16) - level)) for channel, level in zip(border, sky)]
+    return sky.astype(np.float32), 1.4826 * np.array(mad, np.float32)
 
 
 def _border(planes: np.ndarray) -> np.ndarray:
@@ -75,7 +82,8 @@ def _column(planes: np.ndarray, sigma: np.ndarray) -> float:
     worst = 0.0
     noise = np.maximum(1.2533 * sigma[:, None] / np.sqrt(planes.shape[1]), 1.0)
     for lines in (planes.transpose(0, 2, 1), planes):  # (3, W, H): columns; (3, H, W): rows
-        medians = np.median(np.ascontiguousarray(lines), axis=2)  # (3, W)
+        middle = lines.shape[2] // 2
+        medians = np.partition(np.ascontiguousarray(lines), middle, axis=2)[..., middle].astype(np.float32)  # (3, W)
         w = medians.shape[1]
         pad = np.pad(medians, ((0, 0), (8, 8)), mode="edge")
         neighbours = np.median(np.stack([pad[:, 8 + d : 8 + d + w] for d in (-8, -6, -4, 4, 6, 8)]), axis=0)
@@ -105,8 +113,7 @@ def crop_features(crop: np.ndarray) -> np.ndarray:
     """(len(FEATURES),) float64 features of one (S, S, 3) uint8 crop (S = 224 for the study's models; >= 128)."""
     planes = np.ascontiguousarray(np.asarray(crop, np.uint8).transpose(2, 0, 1))  # (3, S, S)
     size = planes.shape[1]
-    border = _border(planes).astype(np.float32)
-    sky, sigma = np.median(border, axis=1), _robust_sigma(border)
+    sky, sigma = _sky(_border(planes))
     sigma_y = max(float(np.sqrt((sigma**2).mean() / 3)), 0.5)  # of the channel mean, for independent channels
     x = planes.astype(np.float32) - sky[:, None, None]
     y = (x[0] + x[1] + x[2]) / (3 * sigma_y)  # luminance over the sky, in sky sigmas
