@@ -5,9 +5,9 @@ non-galaxies lack (docs/synthetic.md): a source at the centre, a filled cutout, 
 These features see it in the (S, S, 3) uint8 evaluation crop, the one input every path shares (service,
 catalogue, OIP `images`). Sky level and sigma come from the crop's 16-px border; each feature is oriented so
 that larger = less like a galaxy:
-  faint_centre  -log(1 + mean of the central 32x32 box over the sky, in sky sigmas): blank sky has no source;
+  faint_centre  -log(1 + mean of the central 32x32 box over the sky, in grey levels): blank sky has no source;
   compact       -log(1 + area of the central half at or above half its peak): a star is all core;
-  peaky         log(peak / that central mean), in sky sigmas: a point source is a high peak in a faint box;
+  peaky         log(peak / that central mean): a point source is a high peak in a faint box;
   white         log(1 + pixels with every channel >= 240): the display shows a galaxy's saturated core in its
                 colour, a saturated star (or text page) white;
   flat          log(1 + 14x14 blocks of range <= 2 in every channel): the empty part of a survey-edge cutout,
@@ -30,12 +30,14 @@ import numpy as np
 
 FEATURES = ("faint_centre", "compact", "peaky", "white", "flat", "band_offset", "column", "spikes")
 BORDER = 16  # sky from this frame of the crop
-CENTRE = 32  # the central box whose mean is the source's significance
+CENTRE = 32  # the central box whose mean is the source's central
 BLOCK = 14  # flat-block size (224 = 16 x 14)
 CORR = 96  # cross-correlation window
 PIXEL_KEEP = 0.99  # share of the fitted galaxies the pixel rule passes
 SCALE_QUANTILE = 0.995  # a feature's scale: from the galaxies' median to this quantile of theirs, at least
-MIN_SCALE = (0.1, 0.1, 0.1, np.log1p(3), np.log1p(1), np.log1p(1.5), 0.25, 0.25)  # 3 white px, 1 flat block, 1.5 px
+# floors of the scales: a factor 2 for the log features, 3 white pixels, 1 flat block, 1.5 px, and a quarter
+# for the column and spike logs
+MIN_SCALE = (np.log(2), np.log(2), np.log(2), np.log1p(3), np.log1p(1), np.log1p(1.5), 0.25, 0.25)
 SPIKE_RADII = (24, 100)  # px from the brightest source where diffraction spikes are looked for
 WHITE = 240  # a pixel is white-saturated when all its channels reach this
 
@@ -95,7 +97,7 @@ def _spikes(y: np.ndarray) -> float:
     """Diffraction spikes: four bright rays at right angles from the brightest source near the centre. For each
     angle (1 degree steps), the median along the ray (SPIKE_RADII px from the centroid of the pixels within 90%
     of the peak) above the median of the rays 4-8 degrees away; the weakest of four at right angles, the
-    strongest such four, in sky sigmas (y: luminance over the sky in sky sigmas)."""
+    strongest such four, in grey levels (y: luminance over the sky)."""
     half = y.shape[0] // 4
     centre = _box(y, half)
     rows, cols = np.nonzero(centre >= 0.9 * centre.max())
@@ -114,14 +116,13 @@ def crop_features(crop: np.ndarray) -> np.ndarray:
     planes = np.ascontiguousarray(np.asarray(crop, np.uint8).transpose(2, 0, 1))  # (3, S, S)
     size = planes.shape[1]
     sky, sigma = _sky(_border(planes))
-    sigma_y = max(float(np.sqrt((sigma**2).mean() / 3)), 0.5)  # of the channel mean, for independent channels
     x = planes.astype(np.float32) - sky[:, None, None]
-    y = (x[0] + x[1] + x[2]) / (3 * sigma_y)  # luminance over the sky, in sky sigmas
-    significance = max(float(_box(y, CENTRE // 2).mean()), 0.0)
+    y = (x[0] + x[1] + x[2]) / 3  # luminance over the sky, in grey levels (not sky sigmas: JPEG moves those)
+    central = max(float(_box(y, CENTRE // 2).mean()), 0.0)
     region = _box(y, size // 4)  # the central half
     peak = float(np.percentile(region, 99.9))
     half_area = float((region >= 0.5 * peak).sum()) if peak > 0 else float(region.size)
-    peaky = np.log(max(peak, 1.0) / max(significance, 1.0))
+    peaky = np.log(max(peak, 1.0) / max(central, 1.0))
     white = float((np.minimum(np.minimum(planes[0], planes[1]), planes[2]) >= WHITE).sum())
     n = size // BLOCK
     blocks = planes[:, : n * BLOCK, : n * BLOCK].reshape(3, n, BLOCK, n, BLOCK)
@@ -132,7 +133,7 @@ def crop_features(crop: np.ndarray) -> np.ndarray:
     source -= source.mean(axis=(1, 2), keepdims=True)
     offset = max(_shift(source[0], source[1]), _shift(source[2], source[1]))
     counts = [white, flat, offset, _column(planes, sigma), _spikes(y)]
-    return np.array([-np.log1p(significance), -np.log1p(half_area), peaky, *np.log1p(counts)], np.float64)
+    return np.array([-np.log1p(central), -np.log1p(half_area), peaky, *np.log1p(counts)], np.float64)
 
 
 def pixel_features(crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
