@@ -40,6 +40,7 @@ SCALE_QUANTILE = 0.995  # a feature's scale: from the galaxies' median to this q
 MIN_SCALE = (np.log(2), np.log(2), np.log(2), np.log1p(3), np.log1p(1), np.log1p(1.5), 0.25, 0.25)
 SPIKE_RADII = (24, 100)  # px from the brightest source where diffraction spikes are looked for
 WHITE = 240  # a pixel is white-saturated when all its channels reach this
+MIN_CROP = 128  # smallest crop the features are defined on (the study's models take 224)
 
 
 def _level_median(levels: np.ndarray) -> int:
@@ -115,6 +116,8 @@ def crop_features(crop: np.ndarray) -> np.ndarray:
     """(len(FEATURES),) float64 features of one (S, S, 3) uint8 crop (S = 224 for the study's models; >= 128)."""
     planes = np.ascontiguousarray(np.asarray(crop, np.uint8).transpose(2, 0, 1))  # (3, S, S)
     size = planes.shape[1]
+    if planes.shape != (3, size, size) or size < MIN_CROP:
+        raise ValueError(f"pixel features need a square (S >= {MIN_CROP}, S, 3) crop, not {np.shape(crop)}")
     sky, sigma = _sky(_border(planes))
     x = planes.astype(np.float32) - sky[:, None, None]
     y = (x[0] + x[1] + x[2]) / 3  # luminance over the sky, in grey levels (not sky sigmas: JPEG moves those)

@@ -100,6 +100,8 @@ def test_features_are_the_same_for_the_eight_views(galaxies):
     views = [np.ascontiguousarray(v) for v in dihedral_views(galaxies[0])]
     features = pixel_features(views)
     np.testing.assert_allclose(features, features[:1].repeat(8, axis=0), atol=0.1)
+    with pytest.raises(ValueError, match="square"):  # too small for the features (the export fits no pixel rule)
+        pixel_features(np.zeros((1, 64, 64, 3), np.uint8))
 
 
 def test_crops_come_back_exactly_from_normalised_arrays(galaxies):

@@ -34,7 +34,7 @@ from galaxyvit.ood import (
     fit_feature_gaussians,
     fit_ood_rule,
 )
-from galaxyvit.pixels import PixelRule, fit_pixel_rule, pixel_features
+from galaxyvit.pixels import MIN_CROP, PixelRule, fit_pixel_rule, pixel_features
 from galaxyvit.preprocess import Preprocessing, denormalize, eval_array
 from training.embeddings import logits_and_embeddings
 from training.export_gate import (
@@ -93,6 +93,9 @@ def fit_inputs(
             train_images = load_images(paths, prep, "training images")
             _, embeddings = logits_and_embeddings(model, train_images)
             gaussians = fit_feature_gaussians(embeddings, np.asarray(labels))
+            if prep.size < MIN_CROP:
+                say(f"warning: no pixel rule: crops of {prep.size} px (the pixel features need {MIN_CROP}+)")
+                return FitInputs(images, gaussians)
             return FitInputs(images, gaussians, pixel_features(denormalize(train_images, prep)), prep)
     return FitInputs(images, gaussians)
 
