@@ -4,14 +4,14 @@
 
 --model is a registered model name (BentoML model galaxyvit-NAME) or an exported model folder. For every
 kind of training/ood_images.py the score is chosen (galaxyvit.ood.choose_method) on the other kinds only and
-the threshold fitted on the validation galaxies of --data as an export does (95% pass); the table gives the
-AUROC of validation galaxies against the held-out kind and the share of it the rule flags. The Mahalanobis
+the threshold fitted on the validation galaxies of --data as an export does (95% pass). The Mahalanobis
 Gaussians are fitted on the ONNX embeddings of up to 1024 training images of --data (the export fits them on
-the same images' PyTorch embeddings), the pixel rule (galaxyvit/pixels.py) on the same images' crops, as an
-export does: it is fitted on galaxies only, so no kind is in it. The table gives the model's score alone and the
-combined rule (both must pass; the combined ood_score). Then the model's own rule (its card) on the three
-real GZ2 cutouts.
-Prints Markdown; exit status 1 if a held-out AUROC is below 0.95 or a real cutout is flagged.
+the same images' PyTorch embeddings), the pixel rule (galaxyvit/pixels.py) on the same images' crops as an
+export fits it: on galaxies only, so no kind is in it. The table gives the AUROC of validation galaxies
+against the held-out kind with the model's score alone and with the combined rule (both must pass; its
+ood_score), and the share of the kind the combined rule flags. Then the model's own rule (its card) on the
+three real GZ2 cutouts.
+Prints Markdown; exit status 1 if a held-out AUROC of the combined rule is below 0.95 or a real cutout is flagged.
 """
 
 from __future__ import annotations
