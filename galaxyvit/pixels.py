@@ -18,7 +18,7 @@ that larger = less like a galaxy:
                 the noise of such a median, at least 1 grey level): bleed trails and bad columns;
   spikes        log(1 + brightness of four rays at right angles from the brightest source, above the rays
                 next to them): the diffraction spikes of a bright star.
-They are the same for the 8 rotated/flipped views of galaxyvit.tta up to pixel rounding; 5-8 ms a crop.
+They are the same for the 8 rotated/flipped views of galaxyvit.tta up to pixel rounding; 7-16 ms a crop.
 """
 
 from __future__ import annotations
