@@ -4,11 +4,14 @@
 
 --model is a registered model name (BentoML model galaxyvit-NAME) or an exported model folder. For every
 kind of training/ood_images.py the score is chosen (galaxyvit.ood.choose_method) on the other kinds only and
-the threshold fitted on the validation galaxies of --data as an export does (95% pass); the table gives the
-AUROC of validation galaxies against the held-out kind and the share of it the rule flags. The Mahalanobis
+the threshold fitted on the validation galaxies of --data as an export does (95% pass). The Mahalanobis
 Gaussians are fitted on the ONNX embeddings of up to 1024 training images of --data (the export fits them on
-the same images' PyTorch embeddings). Then the model's own rule (its card) on the three real GZ2 cutouts.
-Prints Markdown; exit status 1 if a held-out AUROC is below 0.95 or a real cutout is flagged.
+the same images' PyTorch embeddings), the pixel rule (galaxyvit/pixels.py) on the same images' crops as an
+export fits it: on galaxies only, so no kind is in it. The table gives the AUROC of validation galaxies
+against the held-out kind with the model's score alone and with the combined rule (both must pass; its
+ood_score), and the share of the kind the combined rule flags. Then the model's own rule (its card) on the
+three real GZ2 cutouts.
+Prints Markdown; exit status 1 if a held-out AUROC of the combined rule is below 0.95 or a real cutout is flagged.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from galaxyvit.ood import fit_feature_gaussians, leave_one_kind_out, load_ood_rule
+from galaxyvit.ood import KEEP, choose_method, fit_feature_gaussians, fit_ood_rule, leave_one_kind_out, load_ood_rule
 from galaxyvit.paths import REAL_SAMPLE_IMAGES, REAL_SAMPLE_LABELS
-from galaxyvit.preprocess import eval_array
+from galaxyvit.pixels import fit_pixel_rule, pixel_features
+from galaxyvit.preprocess import denormalize, eval_array, eval_crop, normalize
 from galaxyvit.store import is_registered, stored_model_dir
 from inference.runtime import load_model
 from training.export_gate import load_images, read_valid_split
@@ -49,34 +53,50 @@ def main() -> int:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])  # type: ignore[misc]
 
     valid_paths, _ = read_valid_split(args.data, args.max_valid, num_classes)
-    valid_logits, valid_embeddings = outputs(load_images(valid_paths, prep, "validation"))
+    valid_images = load_images(valid_paths, prep, "validation")
+    valid_logits, valid_embeddings = outputs(valid_images)
     train_paths, train_labels = read_valid_split(args.data, args.max_train, num_classes, split="train")
-    _, train_embeddings = outputs(load_images(train_paths, prep, "training"))
+    train_images = load_images(train_paths, prep, "training")
+    _, train_embeddings = outputs(train_images)
     gaussians = fit_feature_gaussians(train_embeddings, np.asarray(train_labels))
     kinds, images = zip(*ood_images(args.per_kind, seed=1))  # seed 1: not the images an export fits on (seed 0)
+    ood_crops = np.stack([eval_crop(Image.fromarray(im), prep) for im in images])
     ood_logits, ood_embeddings = outputs(np.stack([eval_array(Image.fromarray(im), prep) for im in images]))
-
-    held = leave_one_kind_out(
-        valid_logits, ood_logits, list(kinds), valid_embeddings, ood_embeddings, gaussians=gaussians
+    valid_features = pixel_features(denormalize(valid_images, prep))
+    pixels = fit_pixel_rule(pixel_features(denormalize(train_images, prep)), valid_features)
+    margins = (
+        pixels.threshold - pixels.distance(valid_features),
+        pixels.threshold - pixels.distance(pixel_features(ood_crops)),
     )
-    print(f"Leave one kind out: {args.model}, {len(valid_paths)} validation galaxies, {args.per_kind} per kind\n")
-    print("| held-out kind | score chosen without it | AUROC | flagged |\n| --- | --- | --- | --- |")
-    for h in held:
-        print(f"| {h.kind} | {h.method} | {h.auroc:.3f} | {h.flagged:.0%} |")
+
+    common = (valid_logits, ood_logits, list(kinds), valid_embeddings, ood_embeddings, gaussians)
+    alone = leave_one_kind_out(*common)
+    held = leave_one_kind_out(*common, pixels=pixels, pixel_margins=margins)
+    method, _ = choose_method(valid_logits, ood_logits, valid_embeddings, ood_embeddings, gaussians)  # all kinds
+    rule = fit_ood_rule(valid_logits, method, KEEP, valid_embeddings, gaussians, pixels, margins[0])
+    print(f"Leave one kind out: {args.model}, {len(valid_paths)} validation galaxies, {args.per_kind} per kind")
+    print(f"pixel rule fitted on {pixels.n_fit} training galaxies (distance <= {pixels.threshold:.3g}); validation "
+          f"galaxies passing it {pixels.valid_pass_rate:.1%}, the model's {method} rule {rule.valid_pass_rate:.1%}, "
+          f"both {rule.pixels.both_pass_rate:.1%} (fitted on all kinds, as an export)\n")  # fmt: skip
+    print("| held-out kind | score chosen without it | AUROC model | AUROC combined | flagged combined |")
+    print("| --- | --- | --- | --- | --- |")
+    for a, h in zip(alone, held, strict=True):
+        print(f"| {h.kind} | {h.method} | {a.auroc:.3f} | {h.auroc:.3f} | {h.flagged:.0%} |")
     low = [h.kind for h in held if h.auroc < MIN_AUROC]
     print(
         f"\nlowest AUROC {min(h.auroc for h in held):.3f}" + (f"; below {MIN_AUROC}: {', '.join(low)}" if low else "")
     )
 
-    rule = load_ood_rule(folder, model.card)
+    own = load_ood_rule(folder, model.card)
     flagged = []
-    if rule is not None:
-        print(f"\nThe model's own rule ({rule.method}, threshold {rule.threshold:.4g}) on the real GZ2 cutouts:")
-        real = np.stack([eval_array(Image.open(REAL_SAMPLE_IMAGES / name), prep) for name in REAL_SAMPLE_LABELS])
-        logits, embeddings = model.outputs(real)
-        for name, score, ok in zip(
-            REAL_SAMPLE_LABELS, rule.scores(logits, embeddings), rule.in_distribution(logits, embeddings)
-        ):
+    if own is not None:
+        with_pixels = "with" if own.pixels is not None else "without"
+        print(f"\nThe model's own rule ({own.method}, threshold {own.threshold:.4g}, {with_pixels} a pixel rule; "
+              f"pass level {own.pass_level:.4g}) on the real GZ2 cutouts:")  # fmt: skip
+        crops = np.stack([eval_crop(Image.open(REAL_SAMPLE_IMAGES / name), prep) for name in REAL_SAMPLE_LABELS])
+        logits, embeddings = model.outputs(np.stack([normalize(c, prep) for c in crops]))
+        scores = own.ood_scores(logits, embeddings, crops)
+        for name, score, ok in zip(REAL_SAMPLE_LABELS, scores, scores >= own.pass_level):
             print(f"  {name}: score {score:.4g} in_distribution {bool(ok)}")
             if not ok:
                 flagged.append(name)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from galaxyvit.preprocess import denormalize
 from galaxyvit.tta import N_VIEWS, dihedral_views
 from inference.scoring import Scorer, combine_views
 
@@ -72,7 +73,8 @@ class Predictor:
             logits.append(out_logits)
             embeddings.append(out_embeddings)
         all_embeddings = None if embeddings[0] is None else np.concatenate(embeddings)
-        items = combine_views(self.scorer.score(np.concatenate(logits), all_embeddings), self.tta)
+        crops = denormalize(views, self.model.card.prep) if self.scorer.needs_crops else None  # the pixel rule's
+        items = combine_views(self.scorer.score(np.concatenate(logits), all_embeddings, crops), self.tta)
         has_rule = self.scorer.rule is not None
         return Scored(
             probs=np.stack([item["p"] for item in items]).astype(np.float32),

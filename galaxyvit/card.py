@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from galaxyvit.preprocess import Preprocessing
 
@@ -77,6 +77,7 @@ class OODRecord(TypedDict):
     n_valid: int
     aurocs: dict[str, float]  # every score measured: validation galaxies against the non-galaxy image set
     n_ood: int  # non-galaxy images the AUROCs were measured on
+    pixels: NotRequired[dict[str, Any]]  # the pixel rule (galaxyvit.pixels.PixelRule.to_dict()); absent on older cards
 
 
 class ExplainRecord(TypedDict):

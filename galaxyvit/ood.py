@@ -20,16 +20,22 @@ a set of non-galaxies, which is how `choose_method` picks the score to use.
 An export stores the rule in the model card (`ood`) and, for "mahalanobis", the Gaussians in the
 artifact `ood_gaussians` (an .npz of float64 `means` (C, D) and `precision` (D, D)); `load_ood_rule`
 reads both back, checking the artifact's sha256.
+
+An export with training images also fits a pixel rule (galaxyvit/pixels.py, the card's `ood.pixels`): then an
+input is in distribution only if both rules pass, and its `ood_score` is one number, the smaller of the two
+margins in robust sigmas of the validation galaxies, min((score - threshold) / model_scale, pixel threshold -
+pixel distance), with pass level 0. Without `ood.pixels` (older exports) the score and threshold are the model's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from galaxyvit.card import ModelCard, verified_artifact
+from galaxyvit.pixels import PixelRule
 
 LOGIT_METHODS = ("energy", "max_softmax")
 METHODS = (*LOGIT_METHODS, "mahalanobis")
@@ -125,6 +131,7 @@ class OODRule:
     valid_pass_rate: float
     n_valid: int
     gaussians: FeatureGaussians | None = field(default=None, compare=False, repr=False)
+    pixels: PixelRule | None = None
 
     def scores(self, logits: np.ndarray | None, embeddings: np.ndarray | None = None) -> np.ndarray:
         if self.method != "mahalanobis":
@@ -135,18 +142,50 @@ class OODRule:
             raise ValueError("the mahalanobis OOD score needs the fitted FeatureGaussians and the CLS embeddings")
         return self.gaussians.score(embeddings)
 
-    def in_distribution(self, logits: np.ndarray | None, embeddings: np.ndarray | None = None) -> np.ndarray:
-        """(N,) booleans: the input scores at least the threshold (like >= `keep` of validation galaxies)."""
-        return self.scores(logits, embeddings) >= self.threshold
+    def ood_scores(
+        self,
+        logits: np.ndarray | None,
+        embeddings: np.ndarray | None = None,
+        crops: np.ndarray | list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """(N,) the answers' `ood_score`: the model's score, or with a pixel rule the smaller margin (see above)."""
+        scores = self.scores(logits, embeddings)
+        if self.pixels is None:
+            return scores
+        if crops is None:
+            raise ValueError("this OOD rule has a pixel rule: it needs the evaluation crops")
+        return self.combine(scores, self.pixels.margin(crops))
+
+    def combine(self, scores: np.ndarray, pixel_margins: np.ndarray) -> np.ndarray:
+        """The model's scores and the pixel rule's margins as one score (the model's scores without a pixel rule)."""
+        if self.pixels is None:
+            return scores
+        return np.minimum((np.asarray(scores) - self.threshold) / self.pixels.model_scale, pixel_margins)
+
+    @property
+    def pass_level(self) -> float:
+        """The `ood_score` an input needs to be in distribution: the threshold, or 0 with a pixel rule."""
+        return self.threshold if self.pixels is None else 0.0
+
+    def in_distribution(
+        self,
+        logits: np.ndarray | None,
+        embeddings: np.ndarray | None = None,
+        crops: np.ndarray | list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """(N,) booleans: the model's score reaches its threshold (as >= `keep` of validation galaxies do) and
+        the crop passes the pixel rule, if there is one."""
+        return self.ood_scores(logits, embeddings, crops) >= self.pass_level
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "method": self.method,
             "threshold": self.threshold,
             "keep": self.keep,
             "valid_pass_rate": self.valid_pass_rate,
             "n_valid": self.n_valid,
         }
+        return data if self.pixels is None else {**data, "pixels": self.pixels.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict, gaussians: FeatureGaussians | None = None) -> OODRule:
@@ -156,7 +195,8 @@ class OODRule:
         if data["method"] == "mahalanobis" and gaussians is None:
             raise ValueError("a mahalanobis OOD rule needs its FeatureGaussians")
         fields = ("method", "threshold", "keep", "valid_pass_rate", "n_valid")
-        return cls(**{k: data[k] for k in fields}, gaussians=gaussians)
+        pixels = PixelRule.from_dict(data["pixels"]) if data.get("pixels") else None
+        return cls(**{k: data[k] for k in fields}, gaussians=gaussians, pixels=pixels)
 
 
 def fit_ood_rule(
@@ -165,8 +205,12 @@ def fit_ood_rule(
     keep: float = KEEP,
     valid_embeddings: np.ndarray | None = None,
     gaussians: FeatureGaussians | None = None,
+    pixels: PixelRule | None = None,
+    valid_pixel_margins: np.ndarray | None = None,
 ) -> OODRule:
-    """Threshold = the score that `keep` of the validation galaxies reach or exceed (the lowest such value)."""
+    """Threshold = the score that `keep` of the validation galaxies reach or exceed (the lowest such value).
+    With a pixel rule (and the validation galaxies' margins under it, in the same order), its `model_scale`
+    (the scores' robust sigma) and the share of validation galaxies passing both are filled in."""
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     unfitted = OODRule(method, 0.0, keep, 0.0, 0, gaussians)
@@ -174,6 +218,13 @@ def fit_ood_rule(
     if not len(scores):
         raise ValueError("fitting an OOD threshold needs validation galaxies")
     threshold = float(scores[int(np.floor((1 - keep) * len(scores)))])
+    if pixels is not None:
+        if valid_pixel_margins is None or len(valid_pixel_margins) != len(scores):
+            raise ValueError("a pixel rule needs the validation galaxies' pixel margins, one per galaxy")
+        scale = max(1.4826 * float(np.median(np.abs(scores - np.median(scores)))), 1e-12)
+        pixels = replace(pixels, model_scale=scale)
+        both = np.minimum((unfitted.scores(valid_logits, valid_embeddings) - threshold) / scale, valid_pixel_margins)
+        pixels = replace(pixels, both_pass_rate=float((both >= 0).mean()))
     return OODRule(
         method=method,
         threshold=threshold,
@@ -181,6 +232,7 @@ def fit_ood_rule(
         valid_pass_rate=float((scores >= threshold).mean()),
         n_valid=len(scores),
         gaussians=gaussians,
+        pixels=pixels,
     )
 
 
@@ -244,9 +296,13 @@ def leave_one_kind_out(
     ood_embeddings: np.ndarray | None = None,
     gaussians: FeatureGaussians | None = None,
     keep: float = KEEP,
+    pixels: PixelRule | None = None,
+    pixel_margins: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[HeldOutKind]:
     """For every kind: choose the score and fit the rule as an export does, on the other kinds only, then
-    measure it on the held-out kind (is the flag ready for a kind of non-galaxy it never saw?)."""
+    measure it on the held-out kind (is the flag ready for a kind of non-galaxy it never saw?). With a pixel
+    rule (fitted on galaxies only, no kind) and the margins of (galaxies, non-galaxies) under it, the rule is
+    the combined one and its `ood_score` is measured."""
     kinds_array = np.asarray(kinds)
     if len(kinds_array) != len(ood_logits):
         raise ValueError(f"{len(kinds_array)} kinds for {len(ood_logits)} non-galaxy images")
@@ -258,10 +314,13 @@ def leave_one_kind_out(
         method, _ = choose_method(
             galaxy_logits, ood_logits[seen], galaxy_embeddings, _rows(ood_embeddings, seen), gaussians
         )
-        rule = fit_ood_rule(galaxy_logits, method, keep, galaxy_embeddings, gaussians)
+        galaxy_margins, ood_margins = pixel_margins if pixel_margins is not None else (None, None)
+        rule = fit_ood_rule(galaxy_logits, method, keep, galaxy_embeddings, gaussians, pixels, galaxy_margins)
         held_scores = rule.scores(ood_logits[held], _rows(ood_embeddings, held))
         galaxy_scores = rule.scores(galaxy_logits, galaxy_embeddings)
-        out.append(
-            HeldOutKind(kind, method, auroc(galaxy_scores, held_scores), float((held_scores < rule.threshold).mean()))
-        )
+        if rule.pixels is not None and galaxy_margins is not None and ood_margins is not None:
+            held_scores = rule.combine(held_scores, ood_margins[held])
+            galaxy_scores = rule.combine(galaxy_scores, galaxy_margins)
+        flagged = float((held_scores < rule.pass_level).mean())
+        out.append(HeldOutKind(kind, method, auroc(galaxy_scores, held_scores), flagged))
     return out

@@ -107,6 +107,14 @@ def normalize(rgb: np.ndarray, prep: Preprocessing, out: np.ndarray | None = Non
     return out
 
 
+def denormalize(x: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """(..., 3, H, W) float32 from `normalize` -> the (..., H, W, 3) uint8 values it was made of (exactly: the
+    table's steps, 1 / (255 std), are far larger than float32's rounding)."""
+    mean, std = np.asarray(prep.mean, np.float32)[:, None, None], np.asarray(prep.std, np.float32)[:, None, None]
+    values = np.rint((np.asarray(x, np.float32) * std + mean) * 255.0)
+    return np.moveaxis(np.clip(values, 0, 255).astype(np.uint8), -3, -1)
+
+
 def eval_crop(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """The evaluation transform before normalisation: RGB, centre crop, optional resize -> (size, size, 3) uint8."""
     image = center_crop(image if image.mode == "RGB" else image.convert("RGB"), prep.crop)

@@ -42,7 +42,7 @@ class ExplainModel:
             normalize(np.asarray(crop), prep, out=batch[row])
         names = [self.card.output_name, self.card.embedding_name or "embedding", "rollout", "heads"]
         logits, embeddings, rollout, heads = self.session.run(names, {self.card.input_name: batch})
-        items = self.scorer.score(logits, embeddings)
+        items = self.scorer.score(logits, embeddings, crops)
         for item, grid, per_head in zip(items, rollout, heads, strict=True):
             item["rollout"] = np.asarray(grid, np.float32)
             item["heads"] = np.asarray(per_head, np.float32)

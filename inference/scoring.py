@@ -35,22 +35,30 @@ class Scorer:
     temperature: float | None  # None: probabilities are the plain softmax (calibration off, or none fitted)
     rule: OODRule | None
 
+    @property
+    def needs_crops(self) -> bool:
+        """Whether `score` needs the evaluation crops (the card's OOD rule has a pixel rule)."""
+        return self.rule is not None and self.rule.pixels is not None
+
     @classmethod
     def for_card(cls, model_dir: str | Path, card: ModelCard, calibrate: bool) -> Scorer:
         """The scorer of `card` (its OOD artifact sha256-checked); `calibrate` False ignores its temperature."""
         temperature = card.temperature if calibrate and card.calibration else None
         return cls(temperature, load_ood_rule(model_dir, card))
 
-    def score(self, logits: np.ndarray, embeddings: np.ndarray | None) -> list[dict[str, Any]]:
+    def score(
+        self, logits: np.ndarray, embeddings: np.ndarray | None, crops: np.ndarray | list[np.ndarray] | None = None
+    ) -> list[dict[str, Any]]:
         """One item per row: `p` (C,) float32 probabilities, `calibrated`, and `ood_score` and
-        `in_distribution` (None without a rule; the score of galaxyvit.ood, higher = more like a galaxy)."""
+        `in_distribution` (None without a rule; the score of galaxyvit.ood, higher = more like a galaxy).
+        `crops`, the rows' (S, S, 3) uint8 evaluation crops, are needed when the rule has a pixel rule."""
         logits = np.asarray(logits, np.float32)
         if self.temperature is None:
             probs = softmax(logits)
         else:
             probs = calibrated_softmax(logits, self.temperature).astype(np.float32)
-        scores = self.rule.scores(logits, embeddings) if self.rule is not None else None
-        threshold = self.rule.threshold if self.rule is not None else 0.0
+        scores = self.rule.ood_scores(logits, embeddings, crops) if self.rule is not None else None
+        threshold = self.rule.pass_level if self.rule is not None else 0.0
         return [
             {
                 "p": p,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxyvit.preprocess import eval_batch
+from galaxyvit.preprocess import denormalize, eval_batch
 
 
 @dataclass
@@ -65,8 +65,10 @@ class Engine:
         return np.ascontiguousarray(self.pool[index])
 
     def infer(self, batch: np.ndarray) -> list[dict]:
-        """What an inference worker does with a batch (serving/inference.py): the model, then its scorer."""
-        return self.scorer.score(*self.model.outputs(batch))
+        """What an inference worker does with a batch (serving/inference.py): the model, then its scorer (with the
+        uint8 crops, back from the batch as the catalogue gets them, when the card has a pixel rule)."""
+        crops = denormalize(batch, self.model.card.prep) if self.scorer.needs_crops else None
+        return self.scorer.score(*self.model.outputs(batch), crops)
 
     def measure(self, batch_size: int, seconds: float = 3.0, min_calls: int = 3, max_calls: int = 1000) -> EngineResult:
         """Median time of back-to-back calls at `batch_size` for about `seconds` (at least `min_calls`)."""

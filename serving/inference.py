@@ -113,7 +113,8 @@ class Inference:
                 for row, i in enumerate(idx):
                     normalize(np.asarray(items[i]["x"]), self.preps[name], out=batch[row])
                 logits, embeddings = model.outputs(batch)
-                answers = self.scorers[name].score(logits, embeddings)
+                crops = [np.asarray(items[i]["x"]) for i in idx]
+                answers = self.scorers[name].score(logits, embeddings, crops)
                 if embeddings is not None:  # the CLS embedding, for the items that ask (serving/oip.py)
                     for j, i in enumerate(idx):
                         if items[i].get("embedding"):

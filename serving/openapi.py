@@ -112,7 +112,8 @@ def endpoint_paths(catalog: Catalog, config: ServingConfig) -> dict[str, Any]:
             "in_distribution": {
                 "type": "boolean",
                 "nullable": True,
-                "description": "ood_score >= the card's threshold (95% of validation galaxies pass); null if no rule",
+                "description": "ood_score >= the card's threshold (95% of validation galaxies pass; 0 when the card "
+                "has a pixel rule: both rules pass); null if no rule",
             },
             "tta": {"type": "integer", "enum": [1, 8], "description": "views averaged"},
             "spread": {

@@ -29,7 +29,9 @@ class Prediction(BaseModel):
     ood_score: float | None = Field(
         description="not-a-galaxy score (higher = more like a training galaxy); null when the model has no OOD rule"
     )
-    in_distribution: bool | None = Field(description="ood_score >= the card's threshold; null if no rule")
+    in_distribution: bool | None = Field(
+        description="ood_score >= the card's threshold (0 when the card has a pixel rule); null if no rule"
+    )
     tta: int = Field(description="views averaged: 1 or 8")
     spread: float | None = Field(
         None, description="tta=8 only: standard deviation across the views of the top class's probability"

@@ -1,6 +1,6 @@
 """A tiny ViT exported as `galaxyvit export --valid-data` exports: a fitted temperature far from 1 and a Mahalanobis
-not-a-galaxy rule (the rule that needs the CLS embeddings), registered in a BentoML home; for the tests of what
-the service and the catalogue answer."""
+not-a-galaxy rule (the rule that needs the CLS embeddings) with the pixel rule (the one that needs the crops),
+registered in a BentoML home; for the tests of what the service and the catalogue answer."""
 
 from __future__ import annotations
 
@@ -14,27 +14,32 @@ from tiny_galaxies import write_tiny_dataset
 
 from galaxyvit.card import sha256_file
 from galaxyvit.ood import GAUSSIANS_ARTIFACT, GAUSSIANS_FILE, fit_feature_gaussians, fit_ood_rule
-from galaxyvit.preprocess import eval_batch
+from galaxyvit.pixels import PixelRule
+from galaxyvit.preprocess import eval_batch, eval_crop
 from galaxyvit.store import stored_model_dir
 from inference.runtime import load_model
 
 
 def fit_rule_into_store(home: Path, name: str, data: Path) -> None:
     """Replace the stored model's OOD rule by a Mahalanobis rule fitted on its fp32 embeddings of the training
-    galaxies (threshold: 95% of the validation galaxies pass), written as `galaxyvit export` writes it."""
+    galaxies (threshold: 95% of the validation galaxies pass), joined with the export's pixel rule, written as
+    `galaxyvit export` writes it."""
     folder = stored_model_dir(name, home)
     model = load_model("fit", folder, device="cpu", threads=1)
-    splits = {}
+    splits, valid_crops = {}, []
     for split in ("train", "valid"):
         rows = [line.split(",") for line in (data / f"gz2_{split}.csv").read_text().splitlines()[1:]]
         images = [Image.open(data / "images" / f"{r[0]}.jpg").convert("RGB") for r in rows]
         logits, embeddings = model.outputs(eval_batch(images, model.card.prep))
         splits[split] = (logits, embeddings, np.array([int(r[1]) for r in rows]))
-    gaussians = fit_feature_gaussians(splits["train"][1], splits["train"][2])
-    rule = fit_ood_rule(splits["valid"][0], "mahalanobis", valid_embeddings=splits["valid"][1], gaussians=gaussians)
-    gaussians.save(folder / GAUSSIANS_FILE)
+        valid_crops = [eval_crop(image, model.card.prep) for image in images]
     card_file = folder / "fp32.card.json"
     card = json.loads(card_file.read_text())
+    pixels = PixelRule.from_dict(card["ood"]["pixels"])  # the export's, fitted on the training images' crops
+    gaussians = fit_feature_gaussians(splits["train"][1], splits["train"][2])
+    rule = fit_ood_rule(splits["valid"][0], "mahalanobis", valid_embeddings=splits["valid"][1], gaussians=gaussians,
+                        pixels=pixels, valid_pixel_margins=pixels.margin(valid_crops))  # fmt: skip
+    gaussians.save(folder / GAUSSIANS_FILE)
     card["ood"] = {**rule.to_dict(), "aurocs": {}, "n_ood": 0}
     card["artifacts"][GAUSSIANS_ARTIFACT] = {"file": GAUSSIANS_FILE, "sha256": sha256_file(folder / GAUSSIANS_FILE)}
     card_file.write_text(json.dumps(card))

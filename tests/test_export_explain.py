@@ -17,7 +17,7 @@ from tiny_galaxies import HEADER, write_tiny_dataset
 from galaxyvit.calibration import fit_temperature, nll, softmax
 from galaxyvit.card import IntegrityError, load_card, sha256_file, verified_artifact
 from galaxyvit.ood import METHODS, load_ood_rule
-from galaxyvit.preprocess import Preprocessing
+from galaxyvit.preprocess import Preprocessing, denormalize
 from galaxyvit.store import model_store, register_model, stored_model_dir
 from training import export_gate
 from training.attention import attention_maps
@@ -121,7 +121,12 @@ def test_export_fits_an_ood_rule_the_service_applies_with_numpy(overconfident, d
 
     logits, embeddings, _ = valid_outputs(model_dir, card, data)
     rule = load_ood_rule(model_dir, card)
-    assert rule.in_distribution(logits, embeddings).mean() == pytest.approx(ood["valid_pass_rate"])
+    assert (rule.scores(logits, embeddings) >= rule.threshold).mean() == pytest.approx(ood["valid_pass_rate"])
+    # with the pixel rule fitted on the training images' crops: both must pass
+    inputs = gate_inputs(card.prep, len(card.class_names), data, max_valid=512)
+    crops = denormalize(inputs.images[inputs.valid_rows], card.prep)
+    both = rule.in_distribution(logits, embeddings, crops).mean()
+    assert rule.pixels is not None and both == pytest.approx(ood["pixels"]["both_pass_rate"])
     # the documented formula, by hand from the .npz: score = -min_c (e - mu_c)^T P (e - mu_c)
     with np.load(model_dir / "ood_gaussians.npz", allow_pickle=False) as npz:
         assert sorted(npz.files) == ["means", "precision"]

@@ -8,7 +8,9 @@ gate's validation images:
   non-galaxy image set (training/ood_images.py) decides the score; its threshold lets 95% of the
   validation galaxies pass. The Mahalanobis score's Gaussians are fitted once, on PyTorch embeddings of
   a class-stratified sample of the training split (fitting them on the validation images would make the
-  threshold too tight for new galaxies), and saved beside the cards as ood_gaussians.npz.
+  threshold too tight for new galaxies), and saved beside the cards as ood_gaussians.npz. The pixel rule
+  (galaxyvit/pixels.py) is fitted on the same training images' evaluation crops, once, and combined with the
+  chosen score (galaxyvit/ood.py); it goes into the card's `ood.pixels`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from galaxyvit.ood import (
     fit_feature_gaussians,
     fit_ood_rule,
 )
-from galaxyvit.preprocess import Preprocessing, eval_array
+from galaxyvit.pixels import MIN_CROP, PixelRule, fit_pixel_rule, pixel_features
+from galaxyvit.preprocess import Preprocessing, denormalize, eval_array
 from training.embeddings import logits_and_embeddings
 from training.export_gate import (
     CLASSIFIER_OUTPUTS,
@@ -62,6 +65,8 @@ class FitInputs:
 
     ood_images: np.ndarray  # (M, 3, H, W) float32, M = 0 when the OOD rule is not fitted
     gaussians: FeatureGaussians | None
+    train_pixel_features: np.ndarray | None = None  # galaxyvit.pixels features of the training crops
+    prep: Preprocessing | None = None  # set with train_pixel_features: the crops of the validation images
 
 
 def fit_inputs(
@@ -85,8 +90,13 @@ def fit_inputs(
         say(f"warning: no training images for the Mahalanobis OOD score ({exc}); only logit scores compete")
     else:
         if len(paths) >= 2:
-            _, embeddings = logits_and_embeddings(model, load_images(paths, prep, "training images"))
+            train_images = load_images(paths, prep, "training images")
+            _, embeddings = logits_and_embeddings(model, train_images)
             gaussians = fit_feature_gaussians(embeddings, np.asarray(labels))
+            if prep.size < MIN_CROP:
+                say(f"warning: no pixel rule: crops of {prep.size} px (the pixel features need {MIN_CROP}+)")
+                return FitInputs(images, gaussians)
+            return FitInputs(images, gaussians, pixel_features(denormalize(train_images, prep)), prep)
     return FitInputs(images, gaussians)
 
 
@@ -98,8 +108,10 @@ def fit_variant(
     fit: FitInputs,
     diagram: Path,
     title: str = "",
+    valid_crops: np.ndarray | None = None,
 ) -> tuple[CalibrationRecord, OODRecord | None]:
-    """The card's `calibration` and `ood` for one variant (from its own outputs); writes the reliability diagram."""
+    """The card's `calibration` and `ood` for one variant (from its own outputs); writes the reliability diagram.
+    `valid_crops`, the validation images' (N, S, S, 3) uint8 crops, give the pixel rule its pass rates."""
     calibration = calibrate(valid_logits, labels)
     write_reliability_diagram(valid_logits, labels, calibration.temperature, diagram, title)
     record: CalibrationRecord = calibration.to_dict()  # type: ignore[assignment]
@@ -107,7 +119,14 @@ def fit_variant(
         return record, None
     ood_logits, ood_embeddings = ort_outputs(ort_session(onnx_path), fit.ood_images, CLASSIFIER_OUTPUTS)
     method, aurocs = choose_method(valid_logits, ood_logits, valid_embeddings, ood_embeddings, fit.gaussians)
-    rule = fit_ood_rule(valid_logits, method, valid_embeddings=valid_embeddings, gaussians=fit.gaussians)
+    pixels: PixelRule | None = None
+    margins = None
+    if fit.train_pixel_features is not None and valid_crops is not None:
+        valid_features = pixel_features(valid_crops)
+        pixels = fit_pixel_rule(fit.train_pixel_features, valid_features)
+        margins = pixels.threshold - pixels.distance(valid_features)
+    rule = fit_ood_rule(valid_logits, method, valid_embeddings=valid_embeddings, gaussians=fit.gaussians,
+                        pixels=pixels, valid_pixel_margins=margins)  # fmt: skip
     ood: OODRecord = {**rule.to_dict(), "aurocs": aurocs, "n_ood": len(fit.ood_images)}  # type: ignore[typeddict-item]
     return record, ood
 
@@ -131,8 +150,16 @@ def fit_artifacts(
     if inputs.labels is None:
         raise ValueError("fitting the temperature and the OOD rule needs labelled validation images")
     valid, diagram = inputs.valid_rows, f"{variant}.reliability.png"
+    crops = None if fit.prep is None else denormalize(inputs.images[valid], fit.prep)
     calibration, ood = fit_variant(
-        onnx_path, outputs[0][valid], outputs[1][valid], inputs.labels, fit, folder / diagram, f"{name} {variant}"
+        onnx_path,
+        outputs[0][valid],
+        outputs[1][valid],
+        inputs.labels,
+        fit,
+        folder / diagram,
+        f"{name} {variant}",
+        crops,
     )
     artifacts = {"reliability_diagram": artifact(folder, diagram)}
     if ood is not None and ood["method"] == "mahalanobis" and fit.gaussians is not None:
@@ -151,4 +178,10 @@ def fit_summary(calibration: CalibrationRecord, ood: OODRecord | None) -> str:
     if ood is not None:
         aurocs = ", ".join(f"{m} {a:.3f}" for m, a in ood["aurocs"].items())
         text += f"; OOD score {ood['method']} (AUROC {aurocs}; threshold {ood['threshold']:.4g})"
+        if "pixels" in ood:
+            p = ood["pixels"]
+            text += (
+                f" and pixel rule (distance <= {p['threshold']:.3g}; validation galaxies passing it "
+                f"{100 * p['valid_pass_rate']:.1f}%, both {100 * (p['both_pass_rate'] or 0):.1f}%)"
+            )
     return text
