@@ -56,6 +56,7 @@ def old_generator(commit: str, work: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # its worker processes find it by name
     spec.loader.exec_module(module)
     return module
 
