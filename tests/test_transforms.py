@@ -11,6 +11,7 @@ from tiny_galaxies import galaxy_image, write_tiny_dataset
 
 from galaxyvit.preprocess import center_crop, normalize, preprocessing_for
 from training.data import DataConfig, load_data
+from training.gpu_augment import batch_augment_for, training_set
 from training.loader import ImageDataset, normalize_images
 from training.transforms import (
     AugmentParams,
@@ -19,6 +20,7 @@ from training.transforms import (
     draw_params,
     rotate_flip_matrix,
     sample_rng,
+    sky_jitter,
     train_array,
 )
 
@@ -84,3 +86,28 @@ def test_loader_batches_are_the_study_pipeline_before_this_change(tmp_path):
             with Image.open(split.image_path(i)) as image:
                 assert np.array_equal(train_array(image, PREP, sample_rng(4, epoch, i)), expected[-1])
         assert torch.equal(batch.images, torch.from_numpy(np.stack(expected)))
+
+
+def test_sky_augment_varies_the_observing_conditions_after_the_study_geometry(tmp_path):
+    """augment = "sky": the study's rotation, flips and crop (the same draws), then other noise, blur, colour and
+    sky level, different for every sample; the loader does it for such a run, and only on the per-image path."""
+    root = write_tiny_dataset(tmp_path, n_train=6, n_valid=2, n_test=2)
+    split = load_data(DataConfig(kind="gz2", dataset=str(root)), quiet=True).splits["train"]
+    study, sky = (
+        ImageDataset(split, PREP, train=True, seed=4),
+        ImageDataset(split, PREP, train=True, seed=4, augment="sky"),
+    )
+    for i in range(len(split)):
+        plain, jittered = study[i][0].astype(np.float32), sky[i][0].astype(np.float32)
+        assert jittered.shape == plain.shape and sky[i][0].dtype == np.uint8
+        assert np.array_equal(sky[i][0], jittered.astype(np.uint8))  # the same sample twice: the same pixels
+        difference = jittered - plain
+        assert 0.3 < np.abs(difference).mean() < 12  # changed, but the same galaxy in the same place
+        assert np.corrcoef(plain.ravel(), jittered.ravel())[0, 1] > 0.8
+    images = np.stack([sky_jitter(np.full((64, 64, 3), 40, np.uint8), sample_rng(0, 0, i)) for i in range(40)])
+    levels, noise = images.mean(axis=(1, 2)), images.std(axis=(1, 2))
+    assert levels.std(axis=0).min() > 1 and np.ptp(noise) > 1  # colour / sky level and noise vary per sample
+    with pytest.raises(ValueError, match="unknown augment"):
+        training_set(split, PREP, 0, None, "fog")
+    with pytest.raises(ValueError, match="per-image CPU path"):
+        training_set(split, PREP, 0, batch_augment_for("batch-cpu", torch.device("cpu"), PREP), "sky")

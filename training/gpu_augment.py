@@ -35,7 +35,7 @@ from galaxyvit.preprocess import Preprocessing, center_crop, normalize
 from training.data import Split
 from training.loader import ImageDataset
 from training.prepared import PreparedError, PreparedSplit, dataset_for
-from training.transforms import AugmentParams, draw_params, fixed_point_rotation, sample_rng
+from training.transforms import AUGMENTS, AugmentParams, draw_params, fixed_point_rotation, sample_rng
 
 PARAM_FIELDS = ("angle", "hflip", "vflip", "left", "top", "width", "height")
 
@@ -212,8 +212,13 @@ def batch_augment_for(name: str | None, device: torch.device, prep: Preprocessin
     return BatchAugment(prep, device if name == "cuda" else torch.device("cpu"))
 
 
-def training_set(split: Split, prep: Preprocessing, seed: int, augment: BatchAugment | None):
-    """The training dataset: un-augmented crops for a per-batch augmentation, else the per-image path."""
+def training_set(split: Split, prep: Preprocessing, seed: int, augment: BatchAugment | None, kind: str = "study"):
+    """The training dataset: un-augmented crops for a per-batch augmentation, else the per-image path, which
+    also does the run's `augment = "sky"` (observing conditions, `training.transforms.sky_jitter`)."""
+    if kind not in AUGMENTS:
+        raise ValueError(f"unknown augment {kind!r}: one of {', '.join(AUGMENTS)}")
     if augment is not None:
+        if kind != "study":
+            raise ValueError(f"augment = {kind!r} runs on the per-image CPU path: train with --augment-device cpu")
         return DeviceAugmentDataset(split, prep, seed=seed)
-    return dataset_for(split, prep, train=True, seed=seed)
+    return dataset_for(split, prep, train=True, seed=seed, augment=kind)

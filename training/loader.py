@@ -25,10 +25,11 @@ from training.transforms import sample_rng, train_crop
 
 class ImageDataset(torch.utils.data.Dataset):
     """Items ((size, size, 3) uint8 image, or None if unreadable; label; index); `collate_fn` normalises the batch.
-    Train mode augments with a per-sample generator."""
+    Train mode augments with a per-sample generator (`augment`: "study" or "sky", `training.transforms.AUGMENTS`)."""
 
-    def __init__(self, split: Split, prep: Preprocessing, train: bool = False, seed: int = 0):
+    def __init__(self, split: Split, prep: Preprocessing, train: bool = False, seed: int = 0, augment: str = "study"):
         self.split = split
+        self.augment = augment
         self.prep = prep
         self.train = train
         self.seed = seed
@@ -54,7 +55,8 @@ class ImageDataset(torch.utils.data.Dataset):
         if image is None:
             return None, label, index
         if self.train:
-            array = train_crop(center_crop(image, self.prep.crop), self.prep, sample_rng(self.seed, self.epoch, index))
+            rng = sample_rng(self.seed, self.epoch, index)
+            array = train_crop(center_crop(image, self.prep.crop), self.prep, rng, self.augment)
         else:
             array = eval_crop(image, self.prep)
         return array, label, index

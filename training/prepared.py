@@ -275,17 +275,20 @@ def load_training_data(cfg: DataConfig, *, quiet: bool = False, progress: bool =
 class PreparedDataset(ImageDataset):
     """`ImageDataset` over a prepared split: the same items (uint8 image, label, index), no JPEG decoding."""
 
-    def __init__(self, split: PreparedSplit, prep: Preprocessing, train: bool = False, seed: int = 0):
+    def __init__(
+        self, split: PreparedSplit, prep: Preprocessing, train: bool = False, seed: int = 0, augment: str = "study"
+    ):
         if prep.crop != split.crop:
             raise PreparedError(
                 f"the prepared crops are {split.crop} pixels, the model's preprocessing crops {prep.crop}"
             )
-        super().__init__(split, prep, train=train, seed=seed)
+        super().__init__(split, prep, train=train, seed=seed, augment=augment)
 
     def __getitem__(self, index: int):
         crop, label = self.split.crops()[index], self.split.labels[index]  # a view of the read-only map
         if self.train:  # the centre crop of an image already `crop` pixels square is the image itself
-            array = train_crop(Image.fromarray(crop), self.prep, sample_rng(self.seed, self.epoch, index))
+            rng = sample_rng(self.seed, self.epoch, index)
+            array = train_crop(Image.fromarray(crop), self.prep, rng, self.augment)
         elif self.prep.size == self.prep.crop:
             array = crop  # = eval_crop of the original image; collate copies it into the batch
         else:
@@ -293,11 +296,13 @@ class PreparedDataset(ImageDataset):
         return array, label, index
 
 
-def dataset_for(split: Split, prep: Preprocessing, train: bool = False, seed: int = 0) -> torch.utils.data.Dataset:
+def dataset_for(
+    split: Split, prep: Preprocessing, train: bool = False, seed: int = 0, augment: str = "study"
+) -> torch.utils.data.Dataset:
     """The dataset of a split: `PreparedDataset` for a prepared split, else `ImageDataset` (same signature)."""
     if isinstance(split, PreparedSplit):
-        return PreparedDataset(split, prep, train=train, seed=seed)
-    return ImageDataset(split, prep, train=train, seed=seed)
+        return PreparedDataset(split, prep, train=train, seed=seed, augment=augment)
+    return ImageDataset(split, prep, train=train, seed=seed, augment=augment)
 
 
 # ---------------------------------------------------------------- command line

@@ -39,6 +39,7 @@ class Run:
     fine_tune: bool | None = None
     crop: int | None = None  # centre crop in pixels before resizing to image_size (default: image_size)
     distill_token: bool | None = None  # vit / linformer: DeiT distillation token and head (training/distill.py)
+    augment: str = "study"  # training augmentation: "study" or "sky" (+ observing conditions; training/transforms.py)
     reported_params: int | None = None
     reported_train_acc: float | None = None
     reported_valid_acc: float | None = None

@@ -188,7 +188,7 @@ def train(run: Run, data_cfg: DataConfig, opts: TrainOptions | None = None) -> P
     if procs.is_main:
         announce_run(run, data, dev, procs, opts.precision, loss_weights)
 
-    train_set = training_set(train_split, prep, opts.seed, augment)
+    train_set = training_set(train_split, prep, opts.seed, augment, run.augment)
     steps = steps_per_epoch(len(train_split), batch_size, procs)
     loss_fn = opts.few_labels.loss(GlobalWeightedLoss(class_w, procs))
     plan = EpochPlan(

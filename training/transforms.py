@@ -21,11 +21,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from galaxyvit.preprocess import Preprocessing, center_crop, eval_array, normalize
 
 __all__ = [
+    "AUGMENTS",
     "AugmentParams",
     "augment",
     "augment_stepwise",
@@ -33,10 +34,12 @@ __all__ = [
     "eval_array",
     "random_resized_crop_box",
     "sample_rng",
+    "sky_jitter",
     "train_array",
     "train_crop",
 ]
 
+AUGMENTS = ("study", "sky")  # a run's `augment`: the study's geometry only, or also observing conditions
 MAX_ROTATION = 90.0
 CROP_SCALE = (0.8, 1.0)
 CROP_RATIO = (0.99, 1.01)
@@ -158,9 +161,28 @@ def augment(crop: Image.Image, params: AugmentParams, size: int) -> Image.Image:
     return image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
 
 
-def train_crop(crop: Image.Image, prep: Preprocessing, rng: np.random.Generator) -> np.ndarray:
-    """The augmented (size, size, 3) uint8 image of an RGB centre crop (already `prep.crop` pixels square)."""
-    return np.asarray(augment(crop, draw_params(rng, crop.width, crop.height), prep.size))
+def sky_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Other observing conditions for a (H, W, 3) uint8 display image: a wider PSF (Gaussian blur, sigma up to
+    1.5 px in half of the images), per-band colour gain (about 8%), sky level (about 1.5 grey levels per band)
+    and extra noise, read (up to 3 grey levels) plus Poisson-like (variance growing with the pixel value)."""
+    out = Image.fromarray(image)
+    if rng.random() < 0.5:
+        out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
+    pixels = np.asarray(out, np.float32)
+    gain = np.exp(rng.normal(0.0, 0.08, 3)).astype(np.float32)
+    sky = rng.normal(0.0, 1.5, 3).astype(np.float32)
+    read, poisson = float(rng.uniform(0.0, 3.0)), float(rng.uniform(0.0, 0.05))
+    sigma = np.sqrt(read * read + poisson * pixels)
+    pixels = pixels * gain + sky + sigma * rng.standard_normal(pixels.shape, dtype=np.float32)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def train_crop(crop: Image.Image, prep: Preprocessing, rng: np.random.Generator, kind: str = "study") -> np.ndarray:
+    """The augmented (size, size, 3) uint8 image of an RGB centre crop (already `prep.crop` pixels square):
+    the study's rotation, flips and crop, then for `kind` "sky" `sky_jitter` (drawn after them, so the
+    study's draws are the same either way)."""
+    image = np.asarray(augment(crop, draw_params(rng, crop.width, crop.height), prep.size))
+    return sky_jitter(image, rng) if kind == "sky" else image
 
 
 def train_image(image: Image.Image, prep: Preprocessing, rng: np.random.Generator) -> Image.Image:
