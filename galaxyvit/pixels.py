@@ -3,8 +3,8 @@
 The model's not-a-galaxy scores (galaxyvit/ood.py) look at logits and embeddings, which do not see what some
 non-galaxies lack (docs/synthetic.md): a source at the centre, a filled cutout, colour planes that line up.
 These features see it in the (S, S, 3) uint8 evaluation crop, the one input every path shares (service,
-catalogue, OIP `images`). Sky level and sigma come from the crop's 16-px border; each feature is oriented so
-that larger = less like a galaxy:
+catalogue, OIP `images`). Sky level and sigma come from the crop's 16-px border; L is the luminance, the sum of
+the three channels (uint16); each feature is oriented so that larger = less like a galaxy:
   faint_centre  -log(1 + mean of the central 32x32 box over the sky, in sky sigmas): blank sky has no source;
   compact       -log(1 + area of the central half at or above half its peak): a star is all core;
   peaky         log(peak / that central mean), in sky sigmas: a point source is a high peak in a faint box;
@@ -12,18 +12,24 @@ that larger = less like a galaxy:
                 colour, a saturated star (or text page) white;
   flat          log(1 + 14x14 blocks of range <= 2 in every channel): the empty part of a survey-edge cutout,
                 flat images, pages;
-  band_offset   log(1 + the larger shift (px) of the R or B plane against G at the peak of their
-                cross-correlation, over the central 96x96 source pixels): misregistered bands;
+  band_offset   log(1 + the larger shift (px) of the R or B plane against G at the peak of their circular
+                cross-correlation, over the central 96x96 source pixels in 2x2 means, refined by a parabola):
+                misregistered bands;
   column        log(1 + the largest departure of a channel's column (or row) median from its neighbours', in
-                the noise of such a median, at least 1 grey level): bleed trails and bad columns;
+                the noise of such a median, at least 1 grey level): bleed trails and bad columns; the medians
+                are over every LINE_STEP-th line (and its mirror image, so that the 8 views sample alike);
   spikes        log(1 + brightness of four rays at right angles from the brightest source, above the rays
                 next to them): the diffraction spikes of a bright star.
-They are the same for the 8 rotated/flipped views of galaxyvit.tta up to pixel rounding; 5-8 ms a crop.
+The peak (the 99.9% level) and the half-peak area come from a histogram of L, the medians from histograms or
+small partitions of uint8/uint16 values: no float copy of the crop. The features are the same for the 8
+rotated/flipped views of galaxyvit.tta up to pixel rounding. Cost: 0.5-0.7 ms a crop
+(benchmarks/bench_pixels.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -32,32 +38,44 @@ FEATURES = ("faint_centre", "compact", "peaky", "white", "flat", "band_offset", 
 BORDER = 16  # sky from this frame of the crop
 CENTRE = 32  # the central box whose mean is the source's significance
 BLOCK = 14  # flat-block size (224 = 16 x 14)
-CORR = 96  # cross-correlation window
+CORR = 64  # cross-correlation window (in 2x2 means: 32x32)
+LINE_STEP = 8  # column/row medians over lines 0, 8, 16, ... and their mirror images S-1, S-9, ...
+COLUMN_GAP = 6  # a column against the columns this far to either side
 PIXEL_KEEP = 0.99  # share of the fitted galaxies the pixel rule passes
 SCALE_QUANTILE = 0.995  # a feature's scale: from the galaxies' median to this quantile of theirs, at least
 MIN_SCALE = (0.1, 0.1, 0.1, np.log1p(3), np.log1p(1), np.log1p(1.5), 0.25, 0.25)  # 3 white px, 1 flat block, 1.5 px
 SPIKE_RADII = (24, 100)  # px from the brightest source where diffraction spikes are looked for
 WHITE = 240  # a pixel is white-saturated when all its channels reach this
+LEVELS = 3 * 255 + 1  # values of L
 
 
-def _level_median(levels: np.ndarray) -> int:
-    """The (lower) median of non-negative integers, from their histogram (a few times faster than np.median)."""
-    cdf = np.cumsum(np.bincount(levels.ravel()))
-    return int(np.searchsorted(cdf, (int(cdf[-1]) + 1) // 2))
+def _median_of_histogram(hist: np.ndarray) -> np.ndarray:
+    """The (lower) median level of each histogram along the last axis."""
+    cdf = np.cumsum(hist, axis=-1)
+    return (cdf < (cdf[..., -1:] + 1) // 2).sum(axis=-1)
 
 
-def _sky(border: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel of (3, P) uint8 border pixels: the median level and the robust sigma (1.4826 MAD)."""
-    sky = np.array([_level_median(channel) for channel in border])
-    mad = [_level_median(np.abs(channel.astype(np.int16) - level)) for channel, level in zip(border, sky)]
-    return sky.astype(np.float32), 1.4826 * np.array(mad, np.float32)
-
-
-def _border(planes: np.ndarray) -> np.ndarray:
-    """(3, P) pixels of the BORDER-wide frame of (3, S, S) planes."""
+def _sky(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of the BORDER-wide frame of an (S, S, 3) uint8 crop (every 2nd line of it): the median level
+    and the robust sigma (1.4826 MAD), both from one histogram."""
     b = BORDER
-    parts = [planes[:, :b], planes[:, -b:], planes[:, b:-b, :b], planes[:, b:-b, -b:]]
-    return np.concatenate([p.reshape(3, -1) for p in parts], axis=1)
+    parts = (crop[:b], crop[-b:], crop[b:-b, :b], crop[b:-b, -b:])
+    frame = np.concatenate([p[::2].reshape(-1, 3) for p in parts]) + np.array([0, 256, 512], np.uint16)
+    hist = np.bincount(frame.ravel(), minlength=768).reshape(3, 256)
+    level = _median_of_histogram(hist)
+    folded = np.zeros((3, 256), np.int64)  # histogram of |value - level|
+    for h, d, m in zip(hist, folded, level):
+        d[: 256 - m] += h[m:]
+        d[1 : m + 1] += h[:m][::-1]
+    return level.astype(np.float64), 1.4826 * _median_of_histogram(folded).astype(np.float64)
+
+
+def _luminance(crop: np.ndarray) -> np.ndarray:
+    """(S, S) uint16 sum of the three channels."""
+    lum = crop[..., 0].astype(np.uint16)
+    lum += crop[..., 1]
+    lum += crop[..., 2]
+    return lum
 
 
 def _box(x: np.ndarray, half: int) -> np.ndarray:
@@ -65,74 +83,134 @@ def _box(x: np.ndarray, half: int) -> np.ndarray:
     return x[cy - half : cy + half, cx - half : cx + half]
 
 
-def _shift(a: np.ndarray, b: np.ndarray) -> float:
-    """Distance (px) of the cross-correlation peak of two zero-mean planes from zero shift."""
-    n = a.shape[0]
-    fa, fb = np.fft.rfft2(a, s=(2 * n, 2 * n)), np.fft.rfft2(b, s=(2 * n, 2 * n))
-    corr = np.fft.irfft2(fa * np.conj(fb), s=(2 * n, 2 * n))
-    dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
-    dy, dx = (dy + n) % (2 * n) - n, (dx + n) % (2 * n) - n
-    return float(np.hypot(dy, dx))
+def _centre(lum: np.ndarray, sky: float, unit: float) -> tuple[float, float, float]:
+    """faint_centre, compact and peaky from L over the sky level `sky` of L in units `unit` (a sky sigma)."""
+    significance = max((float(_box(lum, CENTRE // 2).mean()) - sky) / unit, 0.0)
+    region = _box(lum, lum.shape[0] // 4)  # the central half
+    cdf = np.cumsum(np.bincount(region.ravel(), minlength=LEVELS))
+    level = int(np.searchsorted(cdf, 0.999 * region.size))  # the 99.9% level
+    peak = (level - sky) / unit
+    half_area = float(region.size)
+    if peak > 0:  # pixels at or above half the peak over the sky
+        half_area -= float(cdf[int(np.ceil(sky + 0.5 * (level - sky))) - 1])
+    peaky = float(np.log(max(peak, 1.0) / max(significance, 1.0)))
+    return -float(np.log1p(significance)), -float(np.log1p(half_area)), peaky
 
 
-def _column(planes: np.ndarray, sigma: np.ndarray) -> float:
-    """Largest |column median - median of its neighbours 4-8 columns away| of a channel, in the noise of a column
-    median, at least 1 grey level (medians of integers move in whole levels); columns and rows: the crop may be
-    a rotated view."""
-    worst = 0.0
-    noise = np.maximum(1.2533 * sigma[:, None] / np.sqrt(planes.shape[1]), 1.0)
-    for lines in (planes.transpose(0, 2, 1), planes):  # (3, W, H): columns; (3, H, W): rows
-        middle = lines.shape[2] // 2
-        medians = np.partition(np.ascontiguousarray(lines), middle, axis=2)[..., middle].astype(np.float32)  # (3, W)
-        w = medians.shape[1]
-        pad = np.pad(medians, ((0, 0), (8, 8)), mode="edge")
-        neighbours = np.median(np.stack([pad[:, 8 + d : 8 + d + w] for d in (-8, -6, -4, 4, 6, 8)]), axis=0)
-        worst = max(worst, float((np.abs(medians - neighbours) / noise).max()))
-    return worst
+def _white(crop: np.ndarray, lum: np.ndarray) -> float:
+    """Pixels with every channel >= WHITE (only those with L >= 3 WHITE can be)."""
+    candidates = lum >= 3 * WHITE
+    if not candidates.any():
+        return 0.0
+    return float((crop[candidates].min(axis=1) >= WHITE).sum())
 
 
-def _spikes(y: np.ndarray) -> float:
+def _flat(crop: np.ndarray) -> float:
+    """BLOCK x BLOCK blocks of range <= 2 in every channel: 9 pixels of each block screen it, the blocks that
+    pass are checked whole."""
+    n = crop.shape[0] // BLOCK
+    size = n * BLOCK
+    views = [crop[i:size:BLOCK, j:size:BLOCK] for i in (0, 6, 13) for j in (0, 6, 13)]  # (n, n, 3) each
+    high, low = views[0].copy(), views[0].copy()
+    for view in views[1:]:
+        np.maximum(high, view, out=high)
+        np.minimum(low, view, out=low)
+    rows, cols = np.nonzero(((high - low) <= 2).all(axis=2))
+    if not len(rows):
+        return 0.0
+    blocks = crop[:size, :size].reshape(n, BLOCK, n, BLOCK, 3)[rows, :, cols].reshape(len(rows), -1, 3)
+    return float(((blocks.max(axis=1) - blocks.min(axis=1)).max(axis=1) <= 2).sum())
+
+
+def _peak_offset(corr: np.ndarray) -> float:
+    """Distance of a circular cross-correlation's peak from zero shift, refined by a parabola on each axis."""
+    n = corr.shape[0]
+    iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    offset = []
+    for before, at, after, i in (
+        (corr[iy - 1, ix], corr[iy, ix], corr[(iy + 1) % n, ix], iy),
+        (corr[iy, ix - 1], corr[iy, ix], corr[iy, (ix + 1) % n], ix),
+    ):
+        curve = before - 2 * at + after
+        offset.append((i + n // 2) % n - n // 2 + (0.5 * (before - after) / curve if curve < 0 else 0.0))
+    return float(np.hypot(*offset))
+
+
+def _band_offset(crop: np.ndarray, sky: np.ndarray, sigma: np.ndarray) -> float:
+    """The larger offset (px) of R or B against G: cross-correlation of the source pixels of the central CORR
+    window in 2x2 means (above 3 sigma of such a mean: sky noise can correlate)."""
+    window = _box(crop, CORR // 2)
+    sums = window[0::2, 0::2].astype(np.uint16)
+    for view in (window[1::2, 0::2], window[0::2, 1::2], window[1::2, 1::2]):
+        sums += view
+    # 4 x (mean - 1.5 sigma); no need to subtract the planes' means: that moves a circular correlation by a constant
+    source = np.maximum(sums.transpose(2, 0, 1) - (4 * sky + 6 * sigma).astype(np.float32)[:, None, None], 0)
+    spectra = np.fft.rfft2(source)
+    corr = np.fft.irfft2(spectra[[0, 2]] * np.conj(spectra[1]), s=source.shape[1:])
+    return 2 * max(_peak_offset(corr[0]), _peak_offset(corr[1]))
+
+
+@lru_cache
+def _lines(size: int) -> np.ndarray:
+    """The lines the column/row medians use: every LINE_STEP-th and its mirror image."""
+    return np.array(sorted({*range(0, size, LINE_STEP), *(size - 1 - i for i in range(0, size, LINE_STEP))}))
+
+
+def _column(lum: np.ndarray, unit: float) -> float:
+    """Largest |median over the _lines of (L - the mean of L COLUMN_GAP px to either side)| of a column or row (the
+    crop may be a rotated view), in the noise of that median (L's sky sigma `unit`), at least 1 level: a
+    galaxy's smooth light cancels in the difference, and crosses few of the lines."""
+    lines, g = _lines(lum.shape[0]), COLUMN_GAP
+    n, middle = len(lines), len(lines) // 2
+    across = [lum[lines].T.astype(np.int16), lum[:, lines].astype(np.int16)]  # (S, n): columns, rows
+    excess = np.concatenate([2 * a[g:-g] - a[: -2 * g] - a[2 * g :] for a in across])  # twice the difference
+    medians = np.partition(excess, middle, axis=1)[:, middle]
+    noise = max(1.2533 * np.sqrt(1.5) * unit / np.sqrt(n), 1.0)
+    return 0.5 * float(np.abs(medians).max()) / noise
+
+
+@lru_cache
+def _rays(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(360, R) row and column offsets of the spike rays (1-degree steps, every 2nd radius of SPIKE_RADII) and
+    their offsets in the flattened (size, size) image."""
+    angles, radii = np.deg2rad(np.arange(360)), np.arange(*SPIKE_RADII, 2)
+    dy = np.rint(radii[None, :] * np.sin(angles)[:, None]).astype(np.intp)
+    dx = np.rint(radii[None, :] * np.cos(angles)[:, None]).astype(np.intp)
+    return dy, dx, dy * size + dx
+
+
+def _spikes(lum: np.ndarray, sky: float, unit: float) -> float:
     """Diffraction spikes: four bright rays at right angles from the brightest source near the centre. For each
-    angle (1 degree steps), the median along the ray (SPIKE_RADII px from the centroid of the pixels within 90%
-    of the peak) above the median of the rays 4-8 degrees away; the weakest of four at right angles, the
-    strongest such four, in sky sigmas (y: luminance over the sky in sky sigmas)."""
-    half = y.shape[0] // 4
-    centre = _box(y, half)
-    rows, cols = np.nonzero(centre >= 0.9 * centre.max())
-    cy, cx = rows.mean() + y.shape[0] // 2 - half, cols.mean() + y.shape[1] // 2 - half
-    angles, radii = np.deg2rad(np.arange(360)), np.arange(*SPIKE_RADII)
-    ys = np.clip(np.rint(cy + radii[None, :] * np.sin(angles)[:, None]), 0, y.shape[0] - 1).astype(int)
-    xs = np.clip(np.rint(cx + radii[None, :] * np.cos(angles)[:, None]), 0, y.shape[1] - 1).astype(int)
-    ray = np.median(y[ys, xs], axis=1)  # (360,)
+    angle (1 degree steps), the median of L along the ray (SPIKE_RADII px from the pixel nearest the centroid of
+    the central half's pixels within 90% of its peak over the sky) above the median of the rays 4-8 degrees
+    away; the weakest of four at right angles, the strongest such four, in sky sigmas (`unit`)."""
+    size = lum.shape[0]
+    quarter = size // 4
+    region = lum[quarter:-quarter, quarter:-quarter]
+    rows, cols = np.nonzero(region >= sky + 0.9 * (float(region.max()) - sky))
+    cy, cx = int(np.rint(rows.mean())) + quarter, int(np.rint(cols.mean())) + quarter
+    dy, dx, flat = _rays(size)
+    reach = SPIKE_RADII[1]
+    if reach <= min(cy, cx) and max(cy, cx) + reach < size:  # every ray inside the crop
+        values = lum.ravel().take(flat + (cy * size + cx))
+    else:
+        values = lum[np.clip(cy + dy, 0, size - 1), np.clip(cx + dx, 0, size - 1)]
+    middle = values.shape[1] // 2
+    ray = np.partition(values, middle, axis=1)[:, middle].astype(np.float64) / unit  # (360,)
     ring = np.concatenate([ray[-8:], ray, ray[:8]])
-    around = np.median(np.stack([ring[8 + d : 368 + d] for d in (-8, -6, -4, 4, 6, 8)]), axis=0)
-    return max(float((ray - around).reshape(4, 90).min(axis=0).max()), 0.0)
+    around = np.sort(np.stack([ring[8 + d : 368 + d] for d in (-8, -6, -4, 4, 6, 8)]), axis=0)
+    return max(float((ray - 0.5 * (around[2] + around[3])).reshape(4, 90).min(axis=0).max()), 0.0)
 
 
 def crop_features(crop: np.ndarray) -> np.ndarray:
     """(len(FEATURES),) float64 features of one (S, S, 3) uint8 crop (S = 224 for the study's models; >= 128)."""
-    planes = np.ascontiguousarray(np.asarray(crop, np.uint8).transpose(2, 0, 1))  # (3, S, S)
-    size = planes.shape[1]
-    sky, sigma = _sky(_border(planes))
-    sigma_y = max(float(np.sqrt((sigma**2).mean() / 3)), 0.5)  # of the channel mean, for independent channels
-    x = planes.astype(np.float32) - sky[:, None, None]
-    y = (x[0] + x[1] + x[2]) / (3 * sigma_y)  # luminance over the sky, in sky sigmas
-    significance = max(float(_box(y, CENTRE // 2).mean()), 0.0)
-    region = _box(y, size // 4)  # the central half
-    peak = float(np.percentile(region, 99.9))
-    half_area = float((region >= 0.5 * peak).sum()) if peak > 0 else float(region.size)
-    peaky = np.log(max(peak, 1.0) / max(significance, 1.0))
-    white = float((np.minimum(np.minimum(planes[0], planes[1]), planes[2]) >= WHITE).sum())
-    n = size // BLOCK
-    blocks = planes[:, : n * BLOCK, : n * BLOCK].reshape(3, n, BLOCK, n, BLOCK)
-    flat = float(((blocks.max(axis=(2, 4)) - blocks.min(axis=(2, 4))).max(axis=0) <= 2).sum())
-    half = CORR // 2
-    window = x[:, size // 2 - half : size // 2 + half, size // 2 - half : size // 2 + half]
-    source = np.clip(window - 3 * sigma[:, None, None], 0, None)  # the source only: sky noise can correlate
-    source -= source.mean(axis=(1, 2), keepdims=True)
-    offset = max(_shift(source[0], source[1]), _shift(source[2], source[1]))
-    counts = [white, flat, offset, _column(planes, sigma), _spikes(y)]
-    return np.array([-np.log1p(significance), -np.log1p(half_area), peaky, *np.log1p(counts)], np.float64)
+    crop = np.asarray(crop, np.uint8)
+    sky, sigma = _sky(crop)
+    unit = 3 * max(float(np.sqrt((sigma**2).mean() / 3)), 0.5)  # sigma of L, for independent channels
+    lum, lum_sky = _luminance(crop), float(sky.sum())
+    counts = [_white(crop, lum), _flat(crop), _band_offset(crop, sky, sigma), _column(lum, unit)]
+    counts.append(_spikes(lum, lum_sky, unit))
+    return np.array([*_centre(lum, lum_sky, unit), *np.log1p(counts)], np.float64)
 
 
 def pixel_features(crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
