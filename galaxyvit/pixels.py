@@ -106,11 +106,12 @@ def _white(crop: np.ndarray, lum: np.ndarray) -> float:
 
 
 def _flat(crop: np.ndarray) -> float:
-    """BLOCK x BLOCK blocks of range <= 2 in every channel: 9 pixels of each block screen it, the blocks that
-    pass are checked whole."""
+    """BLOCK x BLOCK blocks of range <= 2 in every channel: 5 pixels of each block (corners, centre) screen it,
+    the blocks that pass are checked whole."""
     n = crop.shape[0] // BLOCK
     size = n * BLOCK
-    views = [crop[i:size:BLOCK, j:size:BLOCK] for i in (0, 6, 13) for j in (0, 6, 13)]  # (n, n, 3) each
+    corners = [(0, 0), (0, BLOCK - 1), (BLOCK - 1, 0), (BLOCK - 1, BLOCK - 1), (BLOCK // 2, BLOCK // 2)]
+    views = [crop[i:size:BLOCK, j:size:BLOCK] for i, j in corners]  # (n, n, 3) each
     high, low = views[0].copy(), views[0].copy()
     for view in views[1:]:
         np.maximum(high, view, out=high)
@@ -171,9 +172,9 @@ def _column(lum: np.ndarray, unit: float) -> float:
 
 @lru_cache
 def _rays(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(360, R) row and column offsets of the spike rays (1-degree steps, every 2nd radius of SPIKE_RADII) and
+    """(180, R) row and column offsets of the spike rays (2-degree steps, every 2nd radius of SPIKE_RADII) and
     their offsets in the flattened (size, size) image."""
-    angles, radii = np.deg2rad(np.arange(360)), np.arange(*SPIKE_RADII, 2)
+    angles, radii = np.deg2rad(np.arange(0, 360, 2)), np.arange(*SPIKE_RADII, 2)
     dy = np.rint(radii[None, :] * np.sin(angles)[:, None]).astype(np.intp)
     dx = np.rint(radii[None, :] * np.cos(angles)[:, None]).astype(np.intp)
     return dy, dx, dy * size + dx
@@ -181,14 +182,14 @@ def _rays(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _spikes(lum: np.ndarray, sky: float, unit: float) -> float:
     """Diffraction spikes: four bright rays at right angles from the brightest source near the centre. For each
-    angle (1 degree steps), the median of L along the ray (SPIKE_RADII px from the pixel nearest the centroid of
+    angle (2-degree steps), the median of L along the ray (SPIKE_RADII px from the pixel nearest the centroid of
     the central half's pixels within 90% of its peak over the sky) above the median of the rays 4-8 degrees
     away; the weakest of four at right angles, the strongest such four, in sky sigmas (`unit`)."""
     size = lum.shape[0]
     quarter = size // 4
     region = lum[quarter:-quarter, quarter:-quarter]
     rows, cols = np.nonzero(region >= sky + 0.9 * (float(region.max()) - sky))
-    cy, cx = int(np.rint(rows.mean())) + quarter, int(np.rint(cols.mean())) + quarter
+    cy, cx = round(int(rows.sum()) / len(rows)) + quarter, round(int(cols.sum()) / len(cols)) + quarter
     dy, dx, flat = _rays(size)
     reach = SPIKE_RADII[1]
     if reach <= min(cy, cx) and max(cy, cx) + reach < size:  # every ray inside the crop
@@ -196,10 +197,10 @@ def _spikes(lum: np.ndarray, sky: float, unit: float) -> float:
     else:
         values = lum[np.clip(cy + dy, 0, size - 1), np.clip(cx + dx, 0, size - 1)]
     middle = values.shape[1] // 2
-    ray = np.partition(values, middle, axis=1)[:, middle].astype(np.float64) / unit  # (360,)
-    ring = np.concatenate([ray[-8:], ray, ray[:8]])
-    around = np.sort(np.stack([ring[8 + d : 368 + d] for d in (-8, -6, -4, 4, 6, 8)]), axis=0)
-    return max(float((ray - 0.5 * (around[2] + around[3])).reshape(4, 90).min(axis=0).max()), 0.0)
+    ray = np.partition(values, middle, axis=1)[:, middle].astype(np.float64) / unit  # (180,)
+    ring = np.concatenate([ray[-4:], ray, ray[:4]])
+    around = np.sort(np.stack([ring[4 + d : 184 + d] for d in (-4, -3, -2, 2, 3, 4)]), axis=0)  # 4-8 degrees
+    return max(float((ray - 0.5 * (around[2] + around[3])).reshape(4, 45).min(axis=0).max()), 0.0)
 
 
 def crop_features(crop: np.ndarray) -> np.ndarray:
