@@ -56,11 +56,11 @@ def _median_of_histogram(hist: np.ndarray) -> np.ndarray:
 
 
 def _sky(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel of the BORDER-wide frame of an (S, S, 3) uint8 crop (every 2nd line of it): the median level
+    """Per channel of the BORDER-wide frame of an (S, S, 3) uint8 crop (every 4th line of it): the median level
     and the robust sigma (1.4826 MAD), both from one histogram."""
     b = BORDER
     parts = (crop[:b], crop[-b:], crop[b:-b, :b], crop[b:-b, -b:])
-    frame = np.concatenate([p[::2].reshape(-1, 3) for p in parts]) + np.array([0, 256, 512], np.uint16)
+    frame = np.concatenate([p[::4].reshape(-1, 3) for p in parts]) + np.array([0, 256, 512], np.uint16)
     hist = np.bincount(frame.ravel(), minlength=768).reshape(3, 256)
     level = _median_of_histogram(hist)
     folded = np.zeros((3, 256), np.int64)  # histogram of |value - level|
