@@ -5,8 +5,8 @@
 Crops: the centre crops of the three real GZ2 cutouts of data/gz2_real_samples, `--synthetic` synthetic
 galaxies (training/synthetic.py) and one image of each not-a-galaxy kind (training/ood_images.py). Each step is
 timed in process CPU time (time.process_time_ns: the machine may be shared) over `--calls` calls, cycling
-through the crops of a set; the table gives the median per call. "total" is crop_features; "batch" is
-pixel_features on all crops of the set at once, per crop.
+through the crops of a set; the table gives the median per call. "total" is crop_features (a batch of one);
+"batch" is pixel_features on all crops of the set at once (vectorised over them), per crop.
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ from training.synthetic import NUM_CLASSES, render_galaxy
 
 
 def steps(crop: np.ndarray) -> dict[str, Callable[[], object]]:
-    """Each step of crop_features on this crop, with the inputs it is given there computed beforehand."""
-    sky, sigma = pixels._sky(crop)
-    unit = 3 * max(float(np.sqrt((sigma**2).mean() / 3)), 0.5)
-    lum, lum_sky = pixels._luminance(crop), float(sky.sum())
+    """Each step of crop_features on this crop (a batch of one), with its inputs computed beforehand."""
+    one = crop[None]
+    sky, sigma = pixels._sky(one)
+    unit = 3 * np.maximum(np.sqrt((sigma**2).mean(axis=1) / 3), 0.5)
+    lum, lum_sky = pixels._luminance(one), sky.sum(axis=1)
     return {
-        "sky": lambda: pixels._sky(crop),
-        "luminance": lambda: pixels._luminance(crop),
+        "sky": lambda: pixels._sky(one),
+        "luminance": lambda: pixels._luminance(one),
         "centre (faint_centre, compact, peaky)": lambda: pixels._centre(lum, lum_sky, unit),
-        "white": lambda: pixels._white(crop, lum),
-        "flat": lambda: pixels._flat(crop),
-        "band_offset": lambda: pixels._band_offset(crop, sky, sigma),
+        "white": lambda: pixels._white(one, lum),
+        "flat": lambda: pixels._flat(one),
+        "band_offset": lambda: pixels._band_offset(one, sky, sigma),
         "column": lambda: pixels._column(lum, unit),
         "spikes": lambda: pixels._spikes(lum, lum_sky, unit),
         "total": lambda: pixels.crop_features(crop),

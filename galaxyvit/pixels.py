@@ -47,6 +47,7 @@ MIN_SCALE = (0.1, 0.1, 0.1, np.log1p(3), np.log1p(1), np.log1p(1.5), 0.25, 0.25)
 SPIKE_RADII = (24, 100)  # px from the brightest source where diffraction spikes are looked for
 WHITE = 240  # a pixel is white-saturated when all its channels reach this
 LEVELS = 3 * 255 + 1  # values of L
+CHUNK = 64  # crops computed at once (memory: a few MB a crop)
 
 
 def _median_of_histogram(hist: np.ndarray) -> np.ndarray:
@@ -55,100 +56,111 @@ def _median_of_histogram(hist: np.ndarray) -> np.ndarray:
     return (cdf < (cdf[..., -1:] + 1) // 2).sum(axis=-1)
 
 
-def _sky(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel of the BORDER-wide frame of an (S, S, 3) uint8 crop (every 4th line of it): the median level
-    and the robust sigma (1.4826 MAD), both from one histogram."""
-    b = BORDER
-    parts = (crop[:b], crop[-b:], crop[b:-b, :b], crop[b:-b, -b:])
-    frame = np.concatenate([p[::4].reshape(-1, 3) for p in parts]) + np.array([0, 256, 512], np.uint16)
-    hist = np.bincount(frame.ravel(), minlength=768).reshape(3, 256)
+def _sky(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) median level and robust sigma (1.4826 MAD) per channel of the BORDER-wide frame of (N, S, S, 3)
+    uint8 crops (every 4th line of it), both from one histogram per crop and channel."""
+    b, n = BORDER, len(crops)
+    parts = (crops[:, :b:4], crops[:, -b::4], crops[:, b:-b:4, :b], crops[:, b:-b:4, -b:])
+    frame = np.concatenate([p.reshape(n, -1, 3) for p in parts], axis=1)
+    frame = frame + 256 * np.arange(3 * n).reshape(n, 1, 3)  # one histogram of 256 levels per crop and channel
+    hist = np.bincount(frame.ravel(), minlength=768 * n).reshape(n, 3, 256)
     level = _median_of_histogram(hist)
-    folded = np.zeros((3, 256), np.int64)  # histogram of |value - level|
-    for h, d, m in zip(hist, folded, level):
-        d[: 256 - m] += h[m:]
-        d[1 : m + 1] += h[:m][::-1]
-    return level.astype(np.float64), 1.4826 * _median_of_histogram(folded).astype(np.float64)
+    # pixels within t of the level: cdf[level + t] - cdf[level - t - 1]
+    cdf = np.cumsum(hist.reshape(3 * n, 256), axis=1)
+    padded = np.concatenate([np.zeros_like(cdf), cdf, np.repeat(cdf[:, -1:], 256, axis=1)], axis=1)
+    rows, at = np.arange(3 * n)[:, None], 256 + level.reshape(-1, 1)
+    t = np.arange(256)
+    within = padded[rows, at + t] - padded[rows, at - 1 - t]
+    mad = (within < (cdf[:, -1:] + 1) // 2).sum(axis=1).reshape(n, 3)
+    return level.astype(np.float64), 1.4826 * mad
 
 
-def _luminance(crop: np.ndarray) -> np.ndarray:
-    """(S, S) uint16 sum of the three channels."""
-    lum = crop[..., 0].astype(np.uint16)
-    lum += crop[..., 1]
-    lum += crop[..., 2]
+def _luminance(crops: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint16 sum of the three channels."""
+    lum = crops[..., 0].astype(np.uint16)
+    lum += crops[..., 1]
+    lum += crops[..., 2]
     return lum
 
 
 def _box(x: np.ndarray, half: int) -> np.ndarray:
-    cy, cx = x.shape[0] // 2, x.shape[1] // 2
-    return x[cy - half : cy + half, cx - half : cx + half]
+    """The central (2 half, 2 half) box of the images (axes 1 and 2) of x."""
+    cy, cx = x.shape[1] // 2, x.shape[2] // 2
+    return x[:, cy - half : cy + half, cx - half : cx + half]
 
 
-def _centre(lum: np.ndarray, sky: float, unit: float) -> tuple[float, float, float]:
-    """faint_centre, compact and peaky from L over the sky level `sky` of L in units `unit` (a sky sigma)."""
-    significance = max((float(_box(lum, CENTRE // 2).mean()) - sky) / unit, 0.0)
-    region = _box(lum, lum.shape[0] // 4)  # the central half
-    cdf = np.cumsum(np.bincount(region.ravel(), minlength=LEVELS))
-    level = int(np.searchsorted(cdf, 0.999 * region.size))  # the 99.9% level
+def _histograms(values: np.ndarray, levels: int) -> np.ndarray:
+    """(N, levels) histograms of the non-negative integers of each of N arrays."""
+    if len(values) == 1:
+        return np.bincount(values.ravel(), minlength=levels)[None]
+    offsets = levels * np.arange(len(values)).reshape(-1, *[1] * (values.ndim - 1))
+    return np.bincount((values + offsets).ravel(), minlength=levels * len(values)).reshape(len(values), levels)
+
+
+def _centre(lum: np.ndarray, sky: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """(N, 3) faint_centre, compact and peaky from L over its sky level `sky` in units `unit` (a sky sigma)."""
+    box = _box(lum, CENTRE // 2)
+    significance = np.maximum((box.sum(axis=(1, 2)) / box[0].size - sky) / unit, 0.0)
+    region = _box(lum, lum.shape[1] // 4)  # the central half
+    size = region[0].size
+    cdf = np.cumsum(_histograms(region, LEVELS), axis=1)
+    level = (cdf < 0.999 * size).sum(axis=1)  # the 99.9% level
     peak = (level - sky) / unit
-    half_area = float(region.size)
-    if peak > 0:  # pixels at or above half the peak over the sky
-        half_area -= float(cdf[int(np.ceil(sky + 0.5 * (level - sky))) - 1])
-    peaky = float(np.log(max(peak, 1.0) / max(significance, 1.0)))
-    return -float(np.log1p(significance)), -float(np.log1p(half_area)), peaky
+    half = np.clip(np.ceil(sky + 0.5 * (level - sky)).astype(np.intp) - 1, 0, LEVELS - 1)  # below half the peak
+    half_area = np.where(peak > 0, size - cdf[np.arange(len(cdf)), half], size)
+    peaky = np.log(np.maximum(peak, 1.0) / np.maximum(significance, 1.0))
+    return np.stack([-np.log1p(significance), -np.log1p(half_area), peaky], axis=1)
 
 
-def _white(crop: np.ndarray, lum: np.ndarray) -> float:
-    """Pixels with every channel >= WHITE (only those with L >= 3 WHITE can be)."""
-    candidates = lum >= 3 * WHITE
-    if not candidates.any():
-        return 0.0
-    return float((crop[candidates].min(axis=1) >= WHITE).sum())
+def _white(crops: np.ndarray, lum: np.ndarray) -> np.ndarray:
+    """(N,) pixels with every channel >= WHITE (only those with L >= 3 WHITE can be)."""
+    if lum.max() < 3 * WHITE:
+        return np.zeros(len(crops))
+    which, rows, cols = np.nonzero(lum >= 3 * WHITE)
+    white = crops[which, rows, cols].min(axis=1) >= WHITE
+    return np.bincount(which[white], minlength=len(crops)).astype(np.float64)
 
 
-def _flat(crop: np.ndarray) -> float:
-    """BLOCK x BLOCK blocks of range <= 2 in every channel: 5 pixels of each block (corners, centre) screen it,
-    the blocks that pass are checked whole."""
-    n = crop.shape[0] // BLOCK
+def _flat(crops: np.ndarray) -> np.ndarray:
+    """(N,) BLOCK x BLOCK blocks of range <= 2 in every channel: 5 pixels of each block (corners, centre) screen
+    it, the blocks that pass are checked whole."""
+    n = crops.shape[1] // BLOCK
     size = n * BLOCK
     corners = [(0, 0), (0, BLOCK - 1), (BLOCK - 1, 0), (BLOCK - 1, BLOCK - 1), (BLOCK // 2, BLOCK // 2)]
-    views = [crop[i:size:BLOCK, j:size:BLOCK] for i, j in corners]  # (n, n, 3) each
+    views = [crops[:, i:size:BLOCK, j:size:BLOCK] for i, j in corners]  # (N, n, n, 3) each
     high, low = views[0].copy(), views[0].copy()
     for view in views[1:]:
         np.maximum(high, view, out=high)
         np.minimum(low, view, out=low)
-    rows, cols = np.nonzero(((high - low) <= 2).all(axis=2))
-    if not len(rows):
-        return 0.0
-    blocks = crop[:size, :size].reshape(n, BLOCK, n, BLOCK, 3)[rows, :, cols].reshape(len(rows), -1, 3)
-    return float(((blocks.max(axis=1) - blocks.min(axis=1)).max(axis=1) <= 2).sum())
+    which, rows, cols = np.nonzero(((high - low) <= 2).all(axis=3))
+    blocks = crops[:, :size, :size].reshape(len(crops), n, BLOCK, n, BLOCK, 3)[which, rows, :, cols]
+    blocks = blocks.reshape(len(which), BLOCK * BLOCK, 3)
+    flat = (blocks.max(axis=1) - blocks.min(axis=1)).max(axis=1) <= 2
+    return np.bincount(which[flat], minlength=len(crops)).astype(np.float64)
 
 
-def _peak_offset(corr: np.ndarray) -> float:
-    """Distance of a circular cross-correlation's peak from zero shift, refined by a parabola on each axis."""
-    n = corr.shape[0]
-    iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
-    offset = []
-    for before, at, after, i in (
-        (corr[iy - 1, ix], corr[iy, ix], corr[(iy + 1) % n, ix], iy),
-        (corr[iy, ix - 1], corr[iy, ix], corr[iy, (ix + 1) % n], ix),
-    ):
-        curve = before - 2 * at + after
-        offset.append((i + n // 2) % n - n // 2 + (0.5 * (before - after) / curve if curve < 0 else 0.0))
-    return float(np.hypot(*offset))
-
-
-def _band_offset(crop: np.ndarray, sky: np.ndarray, sigma: np.ndarray) -> float:
-    """The larger offset (px) of R or B against G: cross-correlation of the source pixels of the central CORR
-    window in 2x2 means (above 3 sigma of such a mean: sky noise can correlate)."""
-    window = _box(crop, CORR // 2)
-    sums = window[0::2, 0::2].astype(np.uint16)
-    for view in (window[1::2, 0::2], window[0::2, 1::2], window[1::2, 1::2]):
+def _band_offset(crops: np.ndarray, sky: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """(N,) larger offset (px) of R or B against G: the peak of the circular cross-correlation of the source
+    pixels of the central CORR window in 2x2 means (above 3 sigma of such a mean: sky noise can correlate),
+    refined by a parabola on each axis."""
+    window = _box(crops, CORR // 2)
+    sums = window[:, 0::2, 0::2].astype(np.uint16)
+    for view in (window[:, 1::2, 0::2], window[:, 0::2, 1::2], window[:, 1::2, 1::2]):
         sums += view
     # 4 x (mean - 1.5 sigma); no need to subtract the planes' means: that moves a circular correlation by a constant
-    source = np.maximum(sums.transpose(2, 0, 1) - (4 * sky + 6 * sigma).astype(np.float32)[:, None, None], 0)
+    source = np.maximum(sums.transpose(0, 3, 1, 2) - (4 * sky + 6 * sigma).astype(np.float32)[..., None, None], 0)
     spectra = np.fft.rfft2(source)
-    corr = np.fft.irfft2(spectra[[0, 2]] * np.conj(spectra[1]), s=source.shape[1:])
-    return 2 * max(_peak_offset(corr[0]), _peak_offset(corr[1]))
+    corr = np.fft.irfft2(spectra[:, [0, 2]] * np.conj(spectra[:, 1:2]), s=source.shape[2:])  # (N, 2, m, m)
+    m = corr.shape[-1]
+    planes = corr.reshape(-1, m * m)  # (N * 2, m * m)
+    iy, ix = np.divmod(planes.argmax(axis=1), m)
+    around = [iy * m + ix, (iy - 1) % m * m + ix, (iy + 1) % m * m + ix, iy * m + (ix - 1) % m, iy * m + (ix + 1) % m]
+    values = planes.ravel().take(np.stack(around, axis=1) + (m * m * np.arange(len(planes)))[:, None])
+    at, before, after = values[:, :1], values[:, [1, 3]], values[:, [2, 4]]  # (N * 2, 1 or 2): y, x
+    curve = before - 2 * at + after
+    refine = np.where(curve < 0, 0.5 * (before - after) / np.where(curve < 0, curve, -1.0), 0.0)
+    offsets = (np.stack([iy, ix], axis=1) + m // 2) % m - m // 2 + refine
+    return 2 * np.hypot(offsets[:, 0], offsets[:, 1]).reshape(-1, 2).max(axis=1)
 
 
 @lru_cache
@@ -157,66 +169,82 @@ def _lines(size: int) -> np.ndarray:
     return np.array(sorted({*range(0, size, LINE_STEP), *(size - 1 - i for i in range(0, size, LINE_STEP))}))
 
 
-def _column(lum: np.ndarray, unit: float) -> float:
-    """Largest |median over the _lines of (L - the mean of L COLUMN_GAP px to either side)| of a column or row (the
-    crop may be a rotated view), in the noise of that median (L's sky sigma `unit`), at least 1 level: a
-    galaxy's smooth light cancels in the difference, and crosses few of the lines."""
-    lines, g = _lines(lum.shape[0]), COLUMN_GAP
+def _column(lum: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """(N,) largest |median over the _lines of (L - the mean of L COLUMN_GAP px to either side)| of a column or
+    row (the crop may be a rotated view), in the noise of that median (L's sky sigma `unit`), at least 1 level:
+    a galaxy's smooth light cancels in the difference, and crosses few of the lines."""
+    lines, g = _lines(lum.shape[1]), COLUMN_GAP
     n, middle = len(lines), len(lines) // 2
-    across = [lum[lines].T.astype(np.int16), lum[:, lines].astype(np.int16)]  # (S, n): columns, rows
-    excess = np.concatenate([2 * a[g:-g] - a[: -2 * g] - a[2 * g :] for a in across])  # twice the difference
-    medians = np.partition(excess, middle, axis=1)[:, middle]
-    noise = max(1.2533 * np.sqrt(1.5) * unit / np.sqrt(n), 1.0)
-    return 0.5 * float(np.abs(medians).max()) / noise
+    across = [lum[:, lines].transpose(0, 2, 1).astype(np.int16), lum[:, :, lines].astype(np.int16)]  # (N, S, n)
+    excess = np.concatenate([2 * a[:, g:-g] - a[:, : -2 * g] - a[:, 2 * g :] for a in across], axis=1)  # twice
+    medians = np.partition(excess, middle, axis=2)[..., middle]
+    noise = np.maximum(1.2533 * np.sqrt(1.5) * unit / np.sqrt(n), 1.0)
+    return 0.5 * np.abs(medians).max(axis=1) / noise
 
 
 @lru_cache
 def _rays(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(180, R) row and column offsets of the spike rays (2-degree steps, every 2nd radius of SPIKE_RADII) and
-    their offsets in the flattened (size, size) image."""
+    their offsets in a flattened (size, size) image."""
     angles, radii = np.deg2rad(np.arange(0, 360, 2)), np.arange(*SPIKE_RADII, 2)
     dy = np.rint(radii[None, :] * np.sin(angles)[:, None]).astype(np.intp)
     dx = np.rint(radii[None, :] * np.cos(angles)[:, None]).astype(np.intp)
     return dy, dx, dy * size + dx
 
 
-def _spikes(lum: np.ndarray, sky: float, unit: float) -> float:
-    """Diffraction spikes: four bright rays at right angles from the brightest source near the centre. For each
-    angle (2-degree steps), the median of L along the ray (SPIKE_RADII px from the pixel nearest the centroid of
-    the central half's pixels within 90% of its peak over the sky) above the median of the rays 4-8 degrees
-    away; the weakest of four at right angles, the strongest such four, in sky sigmas (`unit`)."""
-    size = lum.shape[0]
+def _spikes(lum: np.ndarray, sky: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """(N,) diffraction spikes: four bright rays at right angles from the brightest source near the centre. For
+    each angle (2-degree steps), the median of L along the ray (SPIKE_RADII px from the pixel nearest the
+    centroid of the central half's pixels within 90% of its peak over the sky) above the median of the rays
+    4-8 degrees away; the weakest of four at right angles, the strongest such four, in sky sigmas (`unit`)."""
+    n, size = len(lum), lum.shape[1]
     quarter = size // 4
-    region = lum[quarter:-quarter, quarter:-quarter]
-    rows, cols = np.nonzero(region >= sky + 0.9 * (float(region.max()) - sky))
-    cy, cx = round(int(rows.sum()) / len(rows)) + quarter, round(int(cols.sum()) / len(cols)) + quarter
+    region = lum[:, quarter:-quarter, quarter:-quarter]
+    top = region.max(axis=(1, 2)).astype(np.float64)
+    threshold = np.minimum(sky + 0.9 * (top - sky), top)  # the peak itself when the centre is below the sky
+    which, rows, cols = np.nonzero(region >= threshold[:, None, None])
+    count = np.bincount(which, minlength=n)
+    cy = np.rint(np.bincount(which, rows, n) / count).astype(np.intp) + quarter
+    cx = np.rint(np.bincount(which, cols, n) / count).astype(np.intp) + quarter
     dy, dx, flat = _rays(size)
-    reach = SPIKE_RADII[1]
-    if reach <= min(cy, cx) and max(cy, cx) + reach < size:  # every ray inside the crop
-        values = lum.ravel().take(flat + (cy * size + cx))
+    base = (np.arange(n) * size * size)[:, None, None]
+    if min(cy.min(), cx.min()) + dy.min() >= 0 and max(cy.max(), cx.max()) + dy.max() < size:  # every ray inside
+        index = base + (cy * size + cx)[:, None, None] + flat
     else:
-        values = lum[np.clip(cy + dy, 0, size - 1), np.clip(cx + dx, 0, size - 1)]
-    middle = values.shape[1] // 2
-    ray = np.partition(values, middle, axis=1)[:, middle].astype(np.float64) / unit  # (180,)
-    ring = np.concatenate([ray[-4:], ray, ray[:4]])
-    around = np.sort(np.stack([ring[4 + d : 184 + d] for d in (-4, -3, -2, 2, 3, 4)]), axis=0)  # 4-8 degrees
-    return max(float((ray - 0.5 * (around[2] + around[3])).reshape(4, 45).min(axis=0).max()), 0.0)
-
-
-def crop_features(crop: np.ndarray) -> np.ndarray:
-    """(len(FEATURES),) float64 features of one (S, S, 3) uint8 crop (S = 224 for the study's models; >= 128)."""
-    crop = np.asarray(crop, np.uint8)
-    sky, sigma = _sky(crop)
-    unit = 3 * max(float(np.sqrt((sigma**2).mean() / 3)), 0.5)  # sigma of L, for independent channels
-    lum, lum_sky = _luminance(crop), float(sky.sum())
-    counts = [_white(crop, lum), _flat(crop), _band_offset(crop, sky, sigma), _column(lum, unit)]
-    counts.append(_spikes(lum, lum_sky, unit))
-    return np.array([*_centre(lum, lum_sky, unit), *np.log1p(counts)], np.float64)
+        rows_at = np.clip(cy[:, None, None] + dy, 0, size - 1)
+        index = base + rows_at * size + np.clip(cx[:, None, None] + dx, 0, size - 1)
+    values = lum.ravel().take(index)  # (N, 180, R)
+    middle = values.shape[2] // 2
+    ray = np.partition(values, middle, axis=2)[..., middle] / unit[:, None]  # (N, 180)
+    ring = np.concatenate([ray[:, -4:], ray, ray[:, :4]], axis=1)
+    around = np.sort(np.stack([ring[:, 4 + d : 184 + d] for d in (-4, -3, -2, 2, 3, 4)]), axis=0)  # 4-8 degrees
+    excess = (ray - 0.5 * (around[2] + around[3])).reshape(n, 4, 45).min(axis=1).max(axis=1)
+    return np.maximum(excess, 0.0)
 
 
 def pixel_features(crops: np.ndarray | list[np.ndarray]) -> np.ndarray:
-    """(N, len(FEATURES)) features of N evaluation crops ((N, S, S, 3) uint8 or a list of (S, S, 3))."""
-    return np.stack([crop_features(c) for c in crops]) if len(crops) else np.zeros((0, len(FEATURES)))
+    """(N, len(FEATURES)) float64 features of N evaluation crops ((N, S, S, 3) uint8 or a list of (S, S, 3); S =
+    224 for the study's models, >= 128), computed CHUNK crops at a time, vectorised over them."""
+    if not len(crops):
+        return np.zeros((0, len(FEATURES)))
+    crops = np.asarray(crops, np.uint8)
+    if len(crops) <= CHUNK:
+        return _features(crops)
+    return np.concatenate([_features(crops[i : i + CHUNK]) for i in range(0, len(crops), CHUNK)])
+
+
+def _features(crops: np.ndarray) -> np.ndarray:
+    sky, sigma = _sky(crops)
+    unit = 3 * np.maximum(np.sqrt((sigma**2).mean(axis=1) / 3), 0.5)  # sigma of L, for independent channels
+    lum, lum_sky = _luminance(crops), sky.sum(axis=1)
+    counts = [_white(crops, lum), _flat(crops), _band_offset(crops, sky, sigma), _column(lum, unit)]
+    counts.append(_spikes(lum, lum_sky, unit))
+    return np.concatenate([_centre(lum, lum_sky, unit), np.log1p(np.stack(counts, axis=1))], axis=1)
+
+
+def crop_features(crop: np.ndarray) -> np.ndarray:
+    """(len(FEATURES),) features of one (S, S, 3) uint8 crop."""
+    return pixel_features(np.asarray(crop, np.uint8)[None])[0]
 
 
 @dataclass(frozen=True)
