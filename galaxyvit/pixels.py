@@ -3,8 +3,9 @@
 The model's not-a-galaxy scores (galaxyvit/ood.py) look at logits and embeddings, which do not see what some
 non-galaxies lack (docs/synthetic.md): a source at the centre, a filled cutout, colour planes that line up.
 These features see it in the (S, S, 3) uint8 evaluation crop, the one input every path shares (service,
-catalogue, OIP `images`). Sky level and sigma come from the crop's 16-px border; L is the luminance, the sum of
-the three channels (uint16); each feature is oriented so that larger = less like a galaxy:
+catalogue, OIP `images`). Sky level and sigma come from the crop's 16-px border (every 4th line of it); L is
+the luminance, the sum of the three channels (uint16); each feature is oriented so that larger = less like a
+galaxy:
   faint_centre  -log(1 + mean of the central 32x32 box over the sky, in sky sigmas): blank sky has no source;
   compact       -log(1 + area of the central half at or above half its peak): a star is all core;
   peaky         log(peak / that central mean), in sky sigmas: a point source is a high peak in a faint box;
@@ -13,17 +14,17 @@ the three channels (uint16); each feature is oriented so that larger = less like
   flat          log(1 + 14x14 blocks of range <= 2 in every channel): the empty part of a survey-edge cutout,
                 flat images, pages;
   band_offset   log(1 + the larger shift (px) of the R or B plane against G at the peak of their circular
-                cross-correlation, over the central 96x96 source pixels in 2x2 means, refined by a parabola):
+                cross-correlation, over the central 64x64 source pixels in 2x2 means, refined by a parabola):
                 misregistered bands;
-  column        log(1 + the largest departure of a channel's column (or row) median from its neighbours', in
-                the noise of such a median, at least 1 grey level): bleed trails and bad columns; the medians
-                are over every LINE_STEP-th line (and its mirror image, so that the 8 views sample alike);
+  column        log(1 + the largest |median of L minus the mean of L 6 px to either side| of a column or row, over
+                every 8th line and its mirror image (the 8 views sample alike), in the noise of that median, at
+                least 3 levels of L (a grey level a channel)): bleed trails and bad columns;
   spikes        log(1 + brightness of four rays at right angles from the brightest source, above the rays
-                next to them): the diffraction spikes of a bright star.
-The peak (the 99.9% level) and the half-peak area come from a histogram of L, the medians from histograms or
-small partitions of uint8/uint16 values: no float copy of the crop. The features are the same for the 8
-rotated/flipped views of galaxyvit.tta up to pixel rounding. Cost: 0.5-0.7 ms a crop
-(benchmarks/bench_pixels.py).
+                next to them; 2-degree steps, every 2nd px of radius): the diffraction spikes of a bright star.
+The peak (the 99.9% level), the half-peak area and the sky come from histograms, the medians from small
+partitions of uint8/uint16 values: no float copy of the crop. pixel_features is vectorised over up to CHUNK
+crops. The features are the same for the 8 rotated/flipped views of galaxyvit.tta up to pixel rounding. Cost
+(benchmarks/bench_pixels.py, 2-core box at load 4-8): about 0.8 ms for one crop, 0.55 ms a crop in batches.
 """
 
 from __future__ import annotations
@@ -171,14 +172,15 @@ def _lines(size: int) -> np.ndarray:
 
 def _column(lum: np.ndarray, unit: np.ndarray) -> np.ndarray:
     """(N,) largest |median over the _lines of (L - the mean of L COLUMN_GAP px to either side)| of a column or
-    row (the crop may be a rotated view), in the noise of that median (L's sky sigma `unit`), at least 1 level:
-    a galaxy's smooth light cancels in the difference, and crosses few of the lines."""
+    row (the crop may be a rotated view), in the noise of that median (L's sky sigma `unit`), at least 3 levels
+    (a grey level a channel: the display's clipped sky can make sigma small): a galaxy's smooth light cancels in
+    the difference, and crosses few of the lines."""
     lines, g = _lines(lum.shape[1]), COLUMN_GAP
     n, middle = len(lines), len(lines) // 2
     across = [lum[:, lines].transpose(0, 2, 1).astype(np.int16), lum[:, :, lines].astype(np.int16)]  # (N, S, n)
     excess = np.concatenate([2 * a[:, g:-g] - a[:, : -2 * g] - a[:, 2 * g :] for a in across], axis=1)  # twice
     medians = np.partition(excess, middle, axis=2)[..., middle]
-    noise = np.maximum(1.2533 * np.sqrt(1.5) * unit / np.sqrt(n), 1.0)
+    noise = np.maximum(1.2533 * np.sqrt(1.5) * unit / np.sqrt(n), 3.0)
     return 0.5 * np.abs(medians).max(axis=1) / noise
 
 
