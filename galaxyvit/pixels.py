@@ -49,6 +49,7 @@ SPIKE_RADII = (24, 100)  # px from the brightest source where diffraction spikes
 WHITE = 240  # a pixel is white-saturated when all its channels reach this
 LEVELS = 3 * 255 + 1  # values of L
 CHUNK = 64  # crops computed at once (memory: a few MB a crop)
+STEPS_Y, STEPS_X = np.array([0, -1, 1, 0, 0]), np.array([0, 0, 0, -1, 1])  # a correlation peak and its neighbours
 
 
 def _median_of_histogram(hist: np.ndarray) -> np.ndarray:
@@ -107,7 +108,7 @@ def _centre(lum: np.ndarray, sky: np.ndarray, unit: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(_histograms(region, LEVELS), axis=1)
     level = (cdf < 0.999 * size).sum(axis=1)  # the 99.9% level
     peak = (level - sky) / unit
-    half = np.clip(np.ceil(sky + 0.5 * (level - sky)).astype(np.intp) - 1, 0, LEVELS - 1)  # below half the peak
+    half = np.maximum(np.ceil(sky + 0.5 * (level - sky)).astype(np.intp) - 1, 0)  # below half the peak (<= level)
     half_area = np.where(peak > 0, size - cdf[np.arange(len(cdf)), half], size)
     peaky = np.log(np.maximum(peak, 1.0) / np.maximum(significance, 1.0))
     return np.stack([-np.log1p(significance), -np.log1p(half_area), peaky], axis=1)
@@ -155,8 +156,8 @@ def _band_offset(crops: np.ndarray, sky: np.ndarray, sigma: np.ndarray) -> np.nd
     m = corr.shape[-1]
     planes = corr.reshape(-1, m * m)  # (N * 2, m * m)
     iy, ix = np.divmod(planes.argmax(axis=1), m)
-    around = [iy * m + ix, (iy - 1) % m * m + ix, (iy + 1) % m * m + ix, iy * m + (ix - 1) % m, iy * m + (ix + 1) % m]
-    values = planes.ravel().take(np.stack(around, axis=1) + (m * m * np.arange(len(planes)))[:, None])
+    rows, cols = (iy[:, None] + STEPS_Y) % m, (ix[:, None] + STEPS_X) % m  # the peak, then y - 1, y + 1, x - 1, x + 1
+    values = planes.ravel().take(rows * m + cols + (m * m * np.arange(len(planes)))[:, None])
     at, before, after = values[:, :1], values[:, [1, 3]], values[:, [2, 4]]  # (N * 2, 1 or 2): y, x
     curve = before - 2 * at + after
     refine = np.where(curve < 0, 0.5 * (before - after) / np.where(curve < 0, curve, -1.0), 0.0)
@@ -213,8 +214,8 @@ def _spikes(lum: np.ndarray, sky: np.ndarray, unit: np.ndarray) -> np.ndarray:
     if min(cy.min(), cx.min()) + dy.min() >= 0 and max(cy.max(), cx.max()) + dy.max() < size:  # every ray inside
         index = base + (cy * size + cx)[:, None, None] + flat
     else:
-        rows_at = np.clip(cy[:, None, None] + dy, 0, size - 1)
-        index = base + rows_at * size + np.clip(cx[:, None, None] + dx, 0, size - 1)
+        rows_at = np.minimum(np.maximum(cy[:, None, None] + dy, 0), size - 1)
+        index = base + rows_at * size + np.minimum(np.maximum(cx[:, None, None] + dx, 0), size - 1)
     values = lum.ravel().take(index)  # (N, 180, R)
     middle = values.shape[2] // 2
     ray = np.partition(values, middle, axis=2)[..., middle] / unit[:, None]  # (N, 180)
