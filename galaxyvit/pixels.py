@@ -4,7 +4,7 @@ The model's not-a-galaxy scores (galaxyvit/ood.py) look at logits and embeddings
 non-galaxies lack (docs/synthetic.md): a source at the centre, a filled cutout, colour planes that line up.
 These features see it in the (S, S, 3) uint8 evaluation crop, the one input every path shares (service,
 catalogue, OIP `images`). Sky level and sigma come from the crop's 16-px border (every 4th line of it); L is
-the luminance, the sum of the three channels (uint16); each feature is oriented so that larger = less like a
+the luminance, the sum of the three channels (int16); each feature is oriented so that larger = less like a
 galaxy:
   faint_centre  -log(1 + mean of the central 32x32 box over the sky, in sky sigmas): blank sky has no source;
   compact       -log(1 + area of the central half at or above half its peak): a star is all core;
@@ -22,7 +22,7 @@ galaxy:
   spikes        log(1 + brightness of four rays at right angles from the brightest source, above the rays
                 next to them; 2-degree steps, every 2nd px of radius): the diffraction spikes of a bright star.
 The peak (the 99.9% level), the half-peak area and the sky come from histograms, the medians from small
-partitions of uint8/uint16 values: no float copy of the crop. pixel_features is vectorised over up to CHUNK
+partitions of uint8/int16 values: no float copy of the crop. pixel_features is vectorised over up to CHUNK
 crops. The features are the same for the 8 rotated/flipped views of galaxyvit.tta up to pixel rounding. Cost
 (benchmarks/bench_pixels.py, 2-core box at load 4-8): about 0.8 ms for one crop, 0.55 ms a crop in batches.
 """
@@ -52,12 +52,6 @@ CHUNK = 64  # crops computed at once (memory: a few MB a crop)
 STEPS_Y, STEPS_X = np.array([0, -1, 1, 0, 0]), np.array([0, 0, 0, -1, 1])  # a correlation peak and its neighbours
 
 
-def _median_of_histogram(hist: np.ndarray) -> np.ndarray:
-    """The (lower) median level of each histogram along the last axis."""
-    cdf = np.cumsum(hist, axis=-1)
-    return (cdf < (cdf[..., -1:] + 1) // 2).sum(axis=-1)
-
-
 def _sky(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) median level and robust sigma (1.4826 MAD) per channel of the BORDER-wide frame of (N, S, S, 3)
     uint8 crops (every 4th line of it), both from one histogram per crop and channel."""
@@ -65,21 +59,22 @@ def _sky(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     parts = (crops[:, :b:4], crops[:, -b::4], crops[:, b:-b:4, :b], crops[:, b:-b:4, -b:])
     frame = np.concatenate([p.reshape(n, -1, 3) for p in parts], axis=1)
     frame = frame + 256 * np.arange(3 * n).reshape(n, 1, 3)  # one histogram of 256 levels per crop and channel
-    hist = np.bincount(frame.ravel(), minlength=768 * n).reshape(n, 3, 256)
-    level = _median_of_histogram(hist)
-    # pixels within t of the level: cdf[level + t] - cdf[level - t - 1]
-    cdf = np.cumsum(hist.reshape(3 * n, 256), axis=1)
-    padded = np.concatenate([np.zeros_like(cdf), cdf, np.repeat(cdf[:, -1:], 256, axis=1)], axis=1)
-    rows, at = np.arange(3 * n)[:, None], 256 + level.reshape(-1, 1)
+    cdf = np.cumsum(np.bincount(frame.ravel(), minlength=768 * n).reshape(3 * n, 256), axis=1)
+    half = (cdf[:, -1:] + 1) // 2
+    level = (cdf < half).sum(axis=1)  # the (lower) median
+    padded = np.zeros((3 * n, 768), cdf.dtype)  # cdf with 0 before it and the total after it
+    padded[:, 256:512] = cdf
+    padded[:, 512:] = cdf[:, -1:]
+    at = (768 * np.arange(3 * n) + 256 + level)[:, None]  # in padded.ravel()
     t = np.arange(256)
-    within = padded[rows, at + t] - padded[rows, at - 1 - t]
-    mad = (within < (cdf[:, -1:] + 1) // 2).sum(axis=1).reshape(n, 3)
-    return level.astype(np.float64), 1.4826 * mad
+    within = padded.ravel().take(at + t) - padded.ravel().take(at - 1 - t)  # pixels within t of the level
+    mad = (within < half).sum(axis=1)
+    return level.reshape(n, 3).astype(np.float64), 1.4826 * mad.reshape(n, 3)
 
 
 def _luminance(crops: np.ndarray) -> np.ndarray:
-    """(N, S, S) uint16 sum of the three channels."""
-    lum = crops[..., 0].astype(np.uint16)
+    """(N, S, S) int16 sum of the three channels (signed: the column differences need no other copy)."""
+    lum = crops[..., 0].astype(np.int16)
     lum += crops[..., 1]
     lum += crops[..., 2]
     return lum
@@ -109,7 +104,7 @@ def _centre(lum: np.ndarray, sky: np.ndarray, unit: np.ndarray) -> np.ndarray:
     level = (cdf < 0.999 * size).sum(axis=1)  # the 99.9% level
     peak = (level - sky) / unit
     half = np.maximum(np.ceil(sky + 0.5 * (level - sky)).astype(np.intp) - 1, 0)  # below half the peak (<= level)
-    half_area = np.where(peak > 0, size - cdf[np.arange(len(cdf)), half], size)
+    half_area = size - cdf[np.arange(len(cdf)), half] * (peak > 0)
     peaky = np.log(np.maximum(peak, 1.0) / np.maximum(significance, 1.0))
     return np.stack([-np.log1p(significance), -np.log1p(half_area), peaky], axis=1)
 
@@ -135,6 +130,8 @@ def _flat(crops: np.ndarray) -> np.ndarray:
         np.maximum(high, view, out=high)
         np.minimum(low, view, out=low)
     which, rows, cols = np.nonzero(((high - low) <= 2).all(axis=3))
+    if not len(which):
+        return np.zeros(len(crops))
     blocks = crops[:, :size, :size].reshape(len(crops), n, BLOCK, n, BLOCK, 3)[which, rows, :, cols]
     blocks = blocks.reshape(len(which), BLOCK * BLOCK, 3)
     flat = (blocks.max(axis=1) - blocks.min(axis=1)).max(axis=1) <= 2
@@ -158,9 +155,9 @@ def _band_offset(crops: np.ndarray, sky: np.ndarray, sigma: np.ndarray) -> np.nd
     iy, ix = np.divmod(planes.argmax(axis=1), m)
     rows, cols = (iy[:, None] + STEPS_Y) % m, (ix[:, None] + STEPS_X) % m  # the peak, then y - 1, y + 1, x - 1, x + 1
     values = planes.ravel().take(rows * m + cols + (m * m * np.arange(len(planes)))[:, None])
-    at, before, after = values[:, :1], values[:, [1, 3]], values[:, [2, 4]]  # (N * 2, 1 or 2): y, x
+    at, before, after = values[:, :1], values[:, 1::2], values[:, 2::2]  # (N * 2, 1 or 2): y, x
     curve = before - 2 * at + after
-    refine = np.where(curve < 0, 0.5 * (before - after) / np.where(curve < 0, curve, -1.0), 0.0)
+    refine = np.divide(0.5 * (before - after), curve, out=np.zeros_like(curve), where=curve < 0)
     offsets = (np.stack([iy, ix], axis=1) + m // 2) % m - m // 2 + refine
     return 2 * np.hypot(offsets[:, 0], offsets[:, 1]).reshape(-1, 2).max(axis=1)
 
@@ -178,7 +175,7 @@ def _column(lum: np.ndarray, unit: np.ndarray) -> np.ndarray:
     the difference, and crosses few of the lines."""
     lines, g = _lines(lum.shape[1]), COLUMN_GAP
     n, middle = len(lines), len(lines) // 2
-    across = [lum[:, lines].transpose(0, 2, 1).astype(np.int16), lum[:, :, lines].astype(np.int16)]  # (N, S, n)
+    across = [lum[:, lines].transpose(0, 2, 1), lum[:, :, lines]]  # (N, S, n): columns, rows
     excess = np.concatenate([2 * a[:, g:-g] - a[:, : -2 * g] - a[:, 2 * g :] for a in across], axis=1)  # twice
     medians = np.partition(excess, middle, axis=2)[..., middle]
     noise = np.maximum(1.2533 * np.sqrt(1.5) * unit / np.sqrt(n), 3.0)
@@ -206,12 +203,12 @@ def _spikes(lum: np.ndarray, sky: np.ndarray, unit: np.ndarray) -> np.ndarray:
     top = region.max(axis=(1, 2)).astype(np.float64)
     threshold = np.minimum(sky + 0.9 * (top - sky), top)  # the peak itself when the centre is below the sky
     which, rows, cols = np.nonzero(region >= threshold[:, None, None])
-    count = np.bincount(which, minlength=n)
-    cy = np.rint(np.bincount(which, rows, n) / count).astype(np.intp) + quarter
-    cx = np.rint(np.bincount(which, cols, n) / count).astype(np.intp) + quarter
+    sums = np.stack([np.bincount(which, rows, n), np.bincount(which, cols, n)])
+    cy, cx = np.rint(sums / np.bincount(which, minlength=n)).astype(np.intp) + quarter
     dy, dx, flat = _rays(size)
     base = (np.arange(n) * size * size)[:, None, None]
-    if min(cy.min(), cx.min()) + dy.min() >= 0 and max(cy.max(), cx.max()) + dy.max() < size:  # every ray inside
+    reach = SPIKE_RADII[1]
+    if min(cy.min(), cx.min()) >= reach and max(cy.max(), cx.max()) + reach < size:  # every ray inside
         index = base + (cy * size + cx)[:, None, None] + flat
     else:
         rows_at = np.minimum(np.maximum(cy[:, None, None] + dy, 0), size - 1)
