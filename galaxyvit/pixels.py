@@ -24,7 +24,7 @@ galaxy:
 The peak (the 99.9% level), the half-peak area and the sky come from histograms, the medians from small
 partitions of uint8/int16 values: no float copy of the crop. pixel_features is vectorised over up to CHUNK
 crops. The features are the same for the 8 rotated/flipped views of galaxyvit.tta up to pixel rounding. Cost
-(benchmarks/bench_pixels.py, 2-core box at load 4-8): about 0.8 ms for one crop, 0.55 ms a crop in batches.
+(benchmarks/bench_pixels.py, 2-core box at load 2.5): 0.7-0.8 ms for one crop, 0.5-0.6 ms a crop in batches.
 """
 
 from __future__ import annotations
