@@ -31,15 +31,22 @@ def is_jpeg(data: bytes) -> bool:
     return data[: len(JPEG_MAGIC)] == JPEG_MAGIC
 
 
-def jpeg_pixels(data: bytes) -> int | None:
-    """A JPEG's width x height from its header (microseconds), or None when it is not one simplejpeg reads."""
+def jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """A JPEG's (height, width, colour space) from its header (microseconds), or None when it is not one
+    simplejpeg reads."""
     if simplejpeg is None or not is_jpeg(data):
         return None
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    return height * width
+    return height, width, colorspace
+
+
+def jpeg_pixels(data: bytes) -> int | None:
+    """A JPEG's width x height from its header, or None when it is not one simplejpeg reads."""
+    header = jpeg_header(data)
+    return None if header is None else header[0] * header[1]
 
 
 def decode_jpeg(data: bytes, max_pixels: int, max_decoded_bytes: int | None = None) -> np.ndarray | None:
@@ -47,12 +54,10 @@ def decode_jpeg(data: bytes, max_pixels: int, max_decoded_bytes: int | None = No
 
     `max_decoded_bytes`: decline a JPEG whose decoded planes (1 for grey, 3 for colour, 1 byte a sample) are
     larger, so that the caller's size rules refuse it as they refuse any other image."""
-    if simplejpeg is None or not is_jpeg(data):
+    header = jpeg_header(data)
+    if header is None or simplejpeg is None:
         return None
-    try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
-        return None
+    height, width, colorspace = header
     pixels = height * width
     if colorspace not in EXACT_COLORSPACES or not 0 < pixels <= max_pixels:
         return None
