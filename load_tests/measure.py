@@ -186,6 +186,7 @@ def yardstick(point: Point, engine, seconds: float, before: tuple[int, float] | 
         return
     result = engine.measure(max(1, round(point.mean_batch)), seconds=seconds)
     point.engine_batch, point.engine_img_s = result.batch_size, result.images_per_s
+    point.engine_cpu_ms = result.cpu_ms_per_image
     reference = result.images_per_s
     if before is not None:
         point.engine_before_batch, point.engine_before_img_s = before

@@ -53,6 +53,9 @@ class Point:
     cpu_ms_inference: float | None = None
     cpu_ms_client: float | None = None
     cores_used: float | None = None
+    # the yardstick's own CPU time per image right after the point (core-ms, all its threads): with the three
+    # above, what one image costs the machine in all, and so the most images/s its cores allow
+    engine_cpu_ms: float | None = None
 
 
 def machine() -> dict:
@@ -106,14 +109,15 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
         "  Runtime time of the batches that ended in the window, over the window (it can pass 100% when a batch is",
         "  long compared with the window).",
         "  CPU ms/img = CPU time per served image in the window (core-ms) of the service's API process(es),",
-        "  of its inference process(es) and of the Locust client; cores = all of them together over the window",
+        "  of its inference process(es) and of the Locust client, and the engine's own per image (its run after",
+        "  the point); cores = the service and client together over the window",
         "  (with --start only); load = the machine's 1-minute load average before / after the point.",
         "  `*`: p99 latency above a fifth of the window: requests straddling its ends weigh in; use a longer",
         "  --duration.",
         "",
         "| model | variant | provider | protocol | run | concurrency | img/req | req/s | img/s | p50 ms | p95 ms "
         "| p99 ms | errors | mean batch | engine img/s before / after | efficiency | busy "
-        "| CPU ms/img API / inference / client | cores | load |",
+        "| CPU ms/img API / inference / client / engine | cores | load |",
         "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in points:
@@ -126,7 +130,8 @@ def markdown(points: list[Point], info: dict, settings: dict) -> str:
             f"| {p.images_per_request} | {p.req_s:.1f} | {p.img_s:.1f} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p95_ms, 0)} "
             f"| {_fmt(p.p99_ms, 0)} | {p.failures} | {_fmt(p.mean_batch, 2)} "
             f"| {_fmt(p.engine_before_img_s)} / {_fmt(p.engine_img_s)} | {efficiency} | {busy} "
-            f"| {_fmt(p.cpu_ms_api)} / {_fmt(p.cpu_ms_inference)} / {_fmt(p.cpu_ms_client)} | {_fmt(p.cores_used, 2)} "
+            f"| {_fmt(p.cpu_ms_api)} / {_fmt(p.cpu_ms_inference)} / {_fmt(p.cpu_ms_client)} / {_fmt(p.engine_cpu_ms)} "
+            f"| {_fmt(p.cores_used, 2)} "
             f"| {_fmt(p.load_before, 2)} / {_fmt(p.load_after, 2)} |"
         )
     lines += medians(points)
@@ -155,8 +160,8 @@ def medians(points: list[Point]) -> list[str]:
         "## Medians over the runs",
         "",
         "| model | protocol | concurrency | img/req | runs | img/s | share of engine | p50 ms | p95 ms | p99 ms "
-        "| API core-ms/img | inference core-ms/img | errors |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| API core-ms/img | inference core-ms/img | client core-ms/img | engine core-ms/img | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for (model, protocol, users, k), runs in groups.items():
 
@@ -168,7 +173,8 @@ def medians(points: list[Point]) -> list[str]:
             f"| {model} | {protocol} | {users} | {k} | {len(runs)} | {_fmt(median('img_s'))} "
             f"| {'-' if share is None else f'{100 * share:.0f}%'} | {_fmt(median('p50_ms'), 0)} "
             f"| {_fmt(median('p95_ms'), 0)} | {_fmt(median('p99_ms'), 0)} | {_fmt(median('cpu_ms_api'), 2)} "
-            f"| {_fmt(median('cpu_ms_inference'), 2)} | {sum(p.failures for p in runs)} |"
+            f"| {_fmt(median('cpu_ms_inference'), 2)} | {_fmt(median('cpu_ms_client'), 2)} "
+            f"| {_fmt(median('engine_cpu_ms'), 2)} | {sum(p.failures for p in runs)} |"
         )
     return lines
 

@@ -61,6 +61,8 @@ def test_short_sweep_writes_table_and_plot_without_errors(tiny_store, tmp_path, 
         assert (out / "raw" / f"vit-raw-c{p['concurrency']}_stats.csv").is_file()
         # where the CPU went: every process of the service and the client worked, within the machine's cores
         assert p["cpu_ms_api"] > 0 and p["cpu_ms_inference"] > 0 and p["cpu_ms_client"] > 0
+        # the bare engine's own CPU per image is part of what the service's inference process spends
+        assert 0 < p["engine_cpu_ms"] < p["cpu_ms_inference"]
         assert 0 < p["cores_used"] <= data["machine"]["cores"] * 1.1
 
     table = (out / "results.md").read_text()
@@ -69,7 +71,7 @@ def test_short_sweep_writes_table_and_plot_without_errors(tiny_store, tmp_path, 
     for n in (1, 2):  # `*` flags a p99 latency long compared with the window
         assert re.search(rf"^\| vit \(vit\) \| fp32 \| CPU \| raw \| 1 \| {n}\*? \| 1 \| ", table, re.M)
     assert f"{data['machine']['cores']} cores" in table
-    assert "| CPU ms/img API / inference / client | cores |" in table
+    assert "| CPU ms/img API / inference / client / engine | cores |" in table
     png = (out / "loadtest.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
