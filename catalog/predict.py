@@ -19,7 +19,7 @@ import numpy as np
 
 from galaxyvit.preprocess import denormalize
 from galaxyvit.tta import N_VIEWS, dihedral_views
-from inference.scoring import Scorer, combine_views
+from inference.scoring import Scorer, combine_views, is_identity_view
 
 if TYPE_CHECKING:
     from catalog.model import ModelRef
@@ -73,8 +73,10 @@ class Predictor:
             logits.append(out_logits)
             embeddings.append(out_embeddings)
         all_embeddings = None if embeddings[0] is None else np.concatenate(embeddings)
-        crops = denormalize(views, self.model.card.prep) if self.scorer.needs_crops else None  # the pixel rule's
-        items = combine_views(self.scorer.score(np.concatenate(logits), all_embeddings, crops), self.tta)
+        # only the identity views (the batch itself) are OOD-scored: combine_views reports theirs
+        scored = [is_identity_view(row, self.tta) for row in range(len(views))]
+        crops = denormalize(batch, self.model.card.prep) if self.scorer.needs_crops else None  # the pixel rule's
+        items = combine_views(self.scorer.score(np.concatenate(logits), all_embeddings, crops, scored), self.tta)
         has_rule = self.scorer.rule is not None
         return Scored(
             probs=np.stack([item["p"] for item in items]).astype(np.float32),

@@ -47,34 +47,51 @@ class Scorer:
         return cls(temperature, load_ood_rule(model_dir, card))
 
     def score(
-        self, logits: np.ndarray, embeddings: np.ndarray | None, crops: np.ndarray | list[np.ndarray] | None = None
+        self,
+        logits: np.ndarray,
+        embeddings: np.ndarray | None,
+        crops: np.ndarray | list[np.ndarray] | None = None,
+        scored: list[bool] | np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
         """One item per row: `p` (C,) float32 probabilities, `calibrated`, and `ood_score` and
         `in_distribution` (None without a rule; the score of galaxyvit.ood, higher = more like a galaxy).
-        `crops`, the rows' (S, S, 3) uint8 evaluation crops, are needed when the rule has a pixel rule."""
+        `scored` (N,) bool: the rows that get an OOD score (default all; with 8-view averaging only the identity
+        views are, see `combine_views`); the others answer None for both. `crops`, the scored rows' (S, S, 3)
+        uint8 evaluation crops in order, are needed when the rule has a pixel rule."""
         logits = np.asarray(logits, np.float32)
         if self.temperature is None:
             probs = softmax(logits)
         else:
             probs = calibrated_softmax(logits, self.temperature).astype(np.float32)
-        scores = self.rule.ood_scores(logits, embeddings, crops) if self.rule is not None else None
+        rows = np.arange(len(logits)) if scored is None else np.flatnonzero(np.asarray(scored, bool))
+        scores: dict[int, float] = {}
+        if self.rule is not None and len(rows):
+            picked = None if embeddings is None else np.asarray(embeddings)[rows]
+            values = self.rule.ood_scores(logits[rows], picked, crops)
+            scores = dict(zip(rows.tolist(), map(float, values), strict=True))
         threshold = self.rule.pass_level if self.rule is not None else 0.0
         return [
             {
                 "p": p,
                 "calibrated": self.temperature is not None,
-                "ood_score": None if scores is None else float(scores[i]),
-                "in_distribution": None if scores is None else bool(scores[i] >= threshold),
+                "ood_score": scores.get(i),
+                "in_distribution": None if i not in scores else bool(scores[i] >= threshold),
             }
             for i, p in enumerate(probs)
         ]
 
 
 def view_crops(crops: list[np.ndarray], tta: int) -> list[np.ndarray]:
-    """The crops the batcher sees: each crop, or its 8 dihedral views in galaxyvit.tta.DIHEDRAL order."""
+    """The crops the batcher sees: each crop, or its 8 dihedral views in galaxyvit.tta.DIHEDRAL order (the
+    identity first: `is_identity_view`)."""
     if tta == 1:
         return crops
     return [np.ascontiguousarray(view) for crop in crops for view in dihedral_views(crop)]
+
+
+def is_identity_view(row: int, tta: int) -> bool:
+    """Whether row `row` of `view_crops(..., tta)` is an image's identity view, the one its OOD score is of."""
+    return row % tta == 0
 
 
 def combine_views(items: list[dict[str, Any]], tta: int) -> list[dict[str, Any]]:

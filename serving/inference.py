@@ -3,7 +3,8 @@ front end calls it through.
 
 The front end sends each request's images (or, with tta=8, each of their 8 views) as items {"model": name,
 "x": (H,W,3) uint8 evaluation crop, "t": hand-off time, "explain": True for POST /explain, "embedding": True
-to have the answer carry the model's (D,) CLS embedding too}; BentoML's
+to have the answer carry the model's (D,) CLS embedding too, "ood": False for the views other than the identity,
+which need no not-a-galaxy score}; BentoML's
 adaptive batcher gathers the items of concurrent requests (up to `max_batch_size`, waiting at most
 `max_latency_ms`) and `Inference.infer` runs each batch grouped per model (and explain variant). The
 crops travel as uint8 (a quarter of the float32 bytes between the processes) and are normalised here,
@@ -113,8 +114,9 @@ class Inference:
                 for row, i in enumerate(idx):
                     normalize(np.asarray(items[i]["x"]), self.preps[name], out=batch[row])
                 logits, embeddings = model.outputs(batch)
-                crops = [np.asarray(items[i]["x"]) for i in idx]
-                answers = self.scorers[name].score(logits, embeddings, crops)
+                scored = [bool(items[i].get("ood", True)) for i in idx]  # with tta=8 the identity views only
+                crops = [np.asarray(items[i]["x"]) for i, s in zip(idx, scored, strict=True) if s]
+                answers = self.scorers[name].score(logits, embeddings, crops, scored)
                 if embeddings is not None:  # the CLS embedding, for the items that ask (serving/oip.py)
                     for j, i in enumerate(idx):
                         if items[i].get("embedding"):

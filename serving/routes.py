@@ -23,7 +23,7 @@ from galaxyvit.card import ModelCard
 from galaxyvit.overlay import figure_png, prediction_title
 from inference.explain import has_explain
 from inference.jpeg import jpeg_pixels
-from inference.scoring import combine_views, view_crops
+from inference.scoring import combine_views, is_identity_view, view_crops
 from serving.catalog import Catalog, ServedModel
 from serving.config import ServingConfig
 from serving.decode_pool import DecodePool
@@ -102,7 +102,8 @@ class Handlers:
         evaluation crop decoded here on the decoding threads (`x`; with tta=8 each crop's 8 views)."""
         if hand_off(blobs, tta):
             return [{"jpeg": blob} for blob in blobs]
-        return [{"x": x} for x in view_crops(await self.crops(model, blobs), tta)]
+        views = view_crops(await self.crops(model, blobs), tta)
+        return [{"x": x, "ood": is_identity_view(row, tta)} for row, x in enumerate(views)]
 
     async def predict(
         self, model: ServedModel, blobs: list[bytes], owner: str | None = None, tta: int = 1

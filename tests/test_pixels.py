@@ -173,3 +173,9 @@ def test_an_export_fits_the_pixel_rule_and_flags_blank_sky_and_survey_edges(tmp_
     answers = scorer.score(logits, embeddings, odd)
     assert [a["in_distribution"] for a in answers] == [False] * len(odd)
     assert all(a["ood_score"] < 0 for a in answers)
+    # with 8-view averaging only the identity views are scored: the same scores, from their crops alone
+    scored = [row % 2 == 0 for row in range(len(odd))]
+    partial = scorer.score(logits, embeddings, odd[::2], scored)
+    assert [a["ood_score"] for a in partial] == [a["ood_score"] if s else None for a, s in zip(answers, scored)]
+    assert [a["in_distribution"] for a in partial] == [False if s else None for s in scored]
+    assert [a["p"].tolist() for a in partial] == [a["p"].tolist() for a in answers]
