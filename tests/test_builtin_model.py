@@ -2,7 +2,8 @@
 neighbours of a galaxy share its true class at least 80% of the time on its dataset's test split, through the
 catalogue (`galaxyvit classify --embeddings`, as benchmarks/neighbours.py measures it). The split is rendered
 again here by the generator (deterministic by seed): the 800 test galaxies of `galaxyvit synth --n 4000 --seed 0
---proportions uniform`, the dataset the model was trained on (data/builtin_model/README.md)."""
+--proportions uniform`, the dataset the model was trained on (data/builtin_model/README.md). And the script that
+rebuilt its training checkpoint from the ONNX file to train it further."""
 
 from __future__ import annotations
 
@@ -63,3 +64,23 @@ def test_the_real_cutouts_stay_galaxies(tmp_path):
     csv.write_text("id,path\n" + "".join(f"{p.stem},{p}\n" for p in sorted(REAL_SAMPLE_IMAGES.glob("*.jpg"))))
     table = classify(csv, tmp_path / "real", path_col="path").to_table(columns=["in_distribution"])
     assert table.num_rows == 3 and table.column("in_distribution").to_pylist() == [True] * 3
+
+
+def test_a_training_checkpoint_is_rebuilt_from_the_onnx_file(tmp_path):
+    """scripts/onnx_to_checkpoint.py: best.pt and a --resume last.pt whose model computes the ONNX model's logits
+    (the script checks them against ONNX Runtime and exits 1 otherwise)."""
+    import subprocess
+    import sys
+
+    from training.checkpoint import load_checkpoint, verify_resumable
+
+    args = [MODEL, "--run", "linformer-010522", "--epoch", "36", "--valid-acc", "0.834", "--out", tmp_path]
+    done = subprocess.run([sys.executable, ROOT / "scripts" / "onnx_to_checkpoint.py", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "max |logit difference| vs ONNX Runtime" in done.stdout
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 36 and best["run"]["id"] == "linformer-010522"
+    last = verify_resumable(tmp_path / "last.pt")
+    assert last["epoch"] == 36 and last["scheduler"]["last_epoch"] == 36 and last["best_epoch"] == 36
+    assert all(bool((best["model"][k] == last["model"][k]).all()) for k in best["model"])
