@@ -61,13 +61,14 @@ def old_generator(commit: str, work: Path):
     return module
 
 
-def evaluate(onnx: Path, folder: Path, splits: tuple[str, ...], k: int, out: Path) -> dict[str, float]:
-    """Classify the splits' images with --embeddings; accuracy, k-NN agreement and its shuffled-label control."""
+def evaluate(onnx: Path, folder: Path, splits: tuple[str, ...], k: int, out: Path, tta: int = 1) -> dict[str, float]:
+    """Classify the splits' images with --embeddings (and --tta); accuracy, k-NN agreement and its shuffled-label
+    control."""
     labels = labels_of(folder, splits)
     csv = out.parent / f"{out.name}.csv"  # one catalogue of the splits' rows
     csv.write_text("galaxyID\n" + "".join(f"{g}\n" for g in labels))
     classify_catalogue([csv], out, onnx=onnx, id_col="galaxyID", path_template="images/{galaxyID}.jpg",
-                       root=folder, embeddings=True, progress=False)  # fmt: skip
+                       root=folder, embeddings=True, tta=tta, progress=False)  # fmt: skip
     table = pads.dataset(str(out), format="parquet").to_table(columns=["id", "label"])
     predicted = dict(zip(map(str, table.column("id").to_pylist()), table.column("label").to_pylist(), strict=True))
     accuracy = float(np.mean([predicted[g] == y for g, y in labels.items()]))
@@ -103,6 +104,7 @@ def main() -> int:
     parser.add_argument("--synth", help="N:SEED galaxies of the current generator (uniform classes)")
     parser.add_argument("--old-generator", help="COMMIT:N:SEED galaxies of training/synthetic.py at COMMIT")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--tta", type=int, default=1, choices=(1, 8), help="views per galaxy (`classify --tta`)")
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")
     args = parser.parse_args()
 
@@ -122,7 +124,7 @@ def main() -> int:
         for m, onnx in enumerate(args.model):
             print(f"{onnx}:")
             for s, (name, folder, splits) in enumerate(sets):
-                r = evaluate(onnx.resolve(), folder, splits, args.k, work / f"out{m}-{s}")
+                r = evaluate(onnx.resolve(), folder, splits, args.k, work / f"out{m}-{s}", args.tta)
                 print(f"  {name} ({r['n']}): accuracy {r['accuracy']:.1%}, {args.k}-NN class agreement "
                       f"{r['agreement']:.1%} (shuffled labels {r['shuffled']:.1%})")  # fmt: skip
             print("\n".join(real_cutouts(onnx.resolve(), work / f"real{m}")))

@@ -186,8 +186,8 @@ def run_local(
         for _ in range(window):
             submit()
         predictor = open_predictor()
+        own = np.empty(shape if first is not None else (0,), np.float32)  # the first batch's, not a block
         if first is not None:
-            own = np.empty(shape, np.float32)
             paths = first.column("path").to_pylist()
             in_flight.appendleft((first, own, _Inline().submit(decode_into, paths, prep, max_pixels, own)))
         stats.provider = predictor.provider
@@ -203,7 +203,10 @@ def run_local(
                 attached += 1
                 if attached == decode_workers:
                     blocks.unlink()
-            submit()
+            # the next batch takes the block freed last turn; the first batch holds none, so its turn submits
+            # nothing (else the block of the batch classified next would be decoded into while it is read)
+            if batch is not own:
+                submit()
             if decoded.pid != os.getpid():  # not the first batch, decoded here
                 stats.decode_cpu[decoded.pid] = decoded.cpu_s
             t0 = time.perf_counter()

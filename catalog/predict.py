@@ -6,8 +6,9 @@ exactly as the service scores them (serving/inference.py, then serving/routes.py
        spread, the identity view's OOD score and flag)
 
 The views are taken of the normalised crops here and of the uint8 crops in the service: normalisation maps
-each pixel on its own, so the pixels are the same. The `embedding` written is the identity view's, as the
-OOD rule sees it, whatever `tta`.
+each pixel on its own, so the pixels are the same. The `embedding` written is the CLS embedding, with tta 8 the
+mean of the 8 views' (`view_mean`): rotation-averaged, its 10 nearest neighbours share the class more often
+(docs/catalogue.md); the OOD rule still sees the identity view's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from inference.runtime import LoadedModel
 
 TTA_CHOICES = (1, N_VIEWS)
+
+
+def view_mean(embeddings: np.ndarray, views: int) -> np.ndarray:
+    """(k * views, D) embeddings of each crop's views, crop-major -> (k, D) float32: each crop's mean."""
+    return np.asarray(embeddings, np.float32).reshape(-1, views, embeddings.shape[-1]).mean(axis=1)
 
 
 @dataclass
@@ -84,9 +90,7 @@ class Predictor:
             ood_score=np.array([item["ood_score"] for item in items], np.float64) if has_rule else None,
             in_distribution=np.array([item["in_distribution"] for item in items], bool) if has_rule else None,
             spread=np.array([item["spread"] for item in items], np.float32) if self.tta > 1 else None,
-            embeddings=None
-            if not self.embeddings or all_embeddings is None
-            else np.asarray(all_embeddings[:: self.tta], np.float32),
+            embeddings=None if not self.embeddings or all_embeddings is None else view_mean(all_embeddings, self.tta),
         )
 
 

@@ -70,8 +70,10 @@ class Catalogue:
 def query_embedding(catalogue: Catalogue, image: Path) -> np.ndarray:
     """The embedding of an image file by the catalogue's model, as `galaxyvit classify --embeddings` makes it."""
     from catalog.decode import read_crop
+    from catalog.predict import view_mean
     from galaxyvit.card import load_verified
     from galaxyvit.preprocess import normalize
+    from galaxyvit.tta import dihedral_views
     from inference.runtime import load_model
 
     job = catalogue.job
@@ -87,10 +89,14 @@ def query_embedding(catalogue: Catalogue, image: Path) -> np.ndarray:
         crop = read_crop(str(image), card.prep, int(job["max_pixels"]))
     except Exception as exc:
         raise ArgumentError(f"cannot read the query image {image}: {exc}") from None
-    _, embeddings = model.outputs(normalize(crop, card.prep)[None])
+    views = int(job.get("tta", 1))  # with --tta 8 the catalogue's embeddings are 8-view means
+    batch = normalize(crop, card.prep)[None]
+    if views > 1:
+        batch = np.ascontiguousarray(dihedral_views(batch[0], channels_last=False))
+    _, embeddings = model.outputs(batch)
     if embeddings is None:
         raise ArgumentError(f"{model_dir} has no embedding output")
-    return np.asarray(embeddings[0], np.float32)
+    return view_mean(embeddings, views)[0]
 
 
 def similar(catalogue: str | Path | Catalogue, query: str | Path, k: int = 20) -> pa.Table:

@@ -111,6 +111,27 @@ def read_output_of(summary) -> pa.Table:
     return read_output(summary.out)
 
 
+def test_the_batch_being_classified_keeps_its_shared_memory_block(catalogue, vit_onnx, tmp_path, monkeypatch):
+    """The decode processes fill the shared-memory blocks in turn; none may be written while its batch is being
+    classified (a slow model gives them the time to): the same table as decoding in this process, batch after
+    batch (one image each, so that the blocks go round several times)."""
+    import catalog.predict
+
+    path, _ = catalogue
+    reference = read_output_of(classify(path, tmp_path / "here", vit_onnx, decode_workers=0, batch_size=1))
+    predict = catalog.predict.Predictor.predict
+
+    def slow_predict(self, batch: np.ndarray):
+        time.sleep(0.2)
+        return predict(self, batch)
+
+    monkeypatch.setattr(catalog.predict.Predictor, "predict", slow_predict)
+    shared = read_output_of(classify(path, tmp_path / "shared", vit_onnx, decode_workers=1, batch_size=1))
+    assert shared.drop_columns(PROB_COLUMNS).equals(reference.drop_columns(PROB_COLUMNS))
+    for column in PROB_COLUMNS:
+        np.testing.assert_allclose(shared.column(column).to_numpy(False), reference.column(column).to_numpy(False))
+
+
 def test_folders_globs_and_files_with_csv_output(catalogue, vit_onnx, tmp_path):
     path, _ = catalogue
     cutouts = path.parent / "cutouts"

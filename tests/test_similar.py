@@ -19,6 +19,11 @@ from catalog.inputs import ArgumentError
 from catalog.job import classify_catalogue
 from catalog.similar import neighbour_agreement, odd, similar
 from catalog.similar_index import INDEX_FILE, INDEX_META, load_or_build
+from galaxyvit.preprocess import eval_batch
+from galaxyvit.store import stored_model_dir
+from galaxyvit.tta import dihedral_views
+from inference.decode import decode_image
+from inference.runtime import load_model
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +77,25 @@ def test_an_image_query_is_embedded_by_the_catalogue_model(preds, catalogue):
         similar(preds, "no-such-row-or-file", k=3)
     with pytest.raises(ArgumentError, match="no embedding"):
         similar(preds, "9001", k=3)  # a corrupt image: no embedding
+
+
+def test_with_tta_8_rows_and_image_queries_are_8_view_means(calibrated, catalogue, tmp_path):
+    """`--tta 8 --embeddings` writes each row's mean CLS embedding over its 8 views, and an image query of that
+    catalogue is embedded the same way: its own row at distance 0."""
+    path, _ = catalogue
+    out = tmp_path / "tta8"
+    classify(path, out, calibrated, embeddings=True, tta=8)
+    image = path.parent / "cutouts" / "16126.jpg"  # the image of row 1001
+    model = load_model("cal", stored_model_dir(CALIBRATED, calibrated), "fp32", "cpu", 1)
+    crop = eval_batch([decode_image(image.read_bytes(), 4096 * 4096)], model.card.prep)[0]
+    single = model.outputs(crop[None])[1]
+    views = model.outputs(np.ascontiguousarray(dihedral_views(crop, channels_last=False)))[1]
+    table = pads.dataset(str(out), format="parquet").to_table(columns=["id", "embedding"]).to_pylist()
+    row = np.array(next(r["embedding"] for r in table if r["id"] == 1001))
+    np.testing.assert_allclose(row, views.mean(axis=0), atol=1e-5)
+    assert np.abs(row - single[0]).max() > 1e-3  # the tiny model is not rotation-invariant: not the identity view's
+    answer = similar(out, str(image), k=3)
+    assert answer.column("id")[0].as_py() == 1001 and answer.column("distance")[0].as_py() == pytest.approx(0, abs=1e-5)
 
 
 def test_the_index_is_kept_until_the_shards_change(calibrated, catalogue, tmp_path):
