@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 TTA_CHOICES = (1, N_VIEWS)
 
 
+def views_of(batch: np.ndarray, tta: int) -> np.ndarray:
+    """(k, 3, S, S) normalised crops -> what the model sees: the crops (tta 1), or each crop's 8 dihedral views,
+    crop-major (k * 8, 3, S, S), the identity first."""
+    if tta == 1:
+        return batch
+    views = np.stack([dihedral_views(crop, channels_last=False) for crop in batch])
+    return np.ascontiguousarray(views.reshape(len(batch) * tta, *batch.shape[1:]))
+
+
 def view_mean(embeddings: np.ndarray, views: int) -> np.ndarray:
     """(k * views, D) embeddings of each crop's views, crop-major -> (k, D) float32: each crop's mean."""
     return np.asarray(embeddings, np.float32).reshape(-1, views, embeddings.shape[-1]).mean(axis=1)
@@ -68,11 +77,7 @@ class Predictor:
         k = len(batch)
         if k == 0:
             return Scored.empty(len(self.model.card.class_names), self.scorer.temperature is not None)
-        if self.tta == 1:
-            views = batch
-        else:
-            views = np.stack([dihedral_views(crop, channels_last=False) for crop in batch])
-            views = np.ascontiguousarray(views.reshape(k * self.tta, *batch.shape[1:]))
+        views = views_of(batch, self.tta)
         logits, embeddings = [], []
         for start in range(0, len(views), k):
             out_logits, out_embeddings = self.model.outputs(views[start : start + k])

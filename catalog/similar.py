@@ -70,10 +70,9 @@ class Catalogue:
 def query_embedding(catalogue: Catalogue, image: Path) -> np.ndarray:
     """The embedding of an image file by the catalogue's model, as `galaxyvit classify --embeddings` makes it."""
     from catalog.decode import read_crop
-    from catalog.predict import view_mean
+    from catalog.predict import view_mean, views_of
     from galaxyvit.card import load_verified
     from galaxyvit.preprocess import normalize
-    from galaxyvit.tta import dihedral_views
     from inference.runtime import load_model
 
     job = catalogue.job
@@ -90,10 +89,7 @@ def query_embedding(catalogue: Catalogue, image: Path) -> np.ndarray:
     except Exception as exc:
         raise ArgumentError(f"cannot read the query image {image}: {exc}") from None
     views = int(job.get("tta", 1))  # with --tta 8 the catalogue's embeddings are 8-view means
-    batch = normalize(crop, card.prep)[None]
-    if views > 1:
-        batch = np.ascontiguousarray(dihedral_views(batch[0], channels_last=False))
-    _, embeddings = model.outputs(batch)
+    _, embeddings = model.outputs(views_of(normalize(crop, card.prep)[None], views))
     if embeddings is None:
         raise ArgumentError(f"{model_dir} has no embedding output")
     return view_mean(embeddings, views)[0]

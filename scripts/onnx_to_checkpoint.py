@@ -90,8 +90,7 @@ def main() -> int:
     seed_everything(0)
     model = build_model(run, num_classes=len(CLASS_NAMES))
     model.load_state_dict(state_dict_from_onnx(args.onnx, model))
-    size = int(onnx.load(str(args.onnx)).graph.input[0].type.tensor_type.shape.dim[2].dim_value)
-    diff = check_logits(args.onnx, model, size)
+    diff = check_logits(args.onnx, model, run.image_size)
     print(f"rebuilt {run.id} from {args.onnx}: max |logit difference| vs ONNX Runtime {diff:.2e}")
     if diff > 1e-4:
         print("error: the rebuilt model does not compute the ONNX model's logits", file=sys.stderr)
@@ -103,10 +102,11 @@ def main() -> int:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=run.step_size, gamma=run.gamma)
     with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
         warnings.simplefilter("ignore")
-        for _ in range(args.epoch):
+        for _ in range(args.epoch - 1):
             scheduler.step()
+        lr = optimizer.param_groups[0]["lr"]  # the rate of the last epoch trained, for its history row
+        scheduler.step()
     learner = Learner(model, model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
-    lr = run.lr * run.gamma ** ((args.epoch - 1) // run.step_size)
     record = EpochRecord(args.epoch, lr, 0.0, 0.0, 0.0, args.valid_acc, 0, 0.0, 0.0)
     progress = {"epoch": args.epoch, "step": 0, "best_acc": args.valid_acc, "best_epoch": args.epoch, "stale": 0,
                 "history": [record.__dict__]}  # fmt: skip
